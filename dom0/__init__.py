@@ -1,0 +1,2 @@
+"""dom0: the privileged service domain (xenstored, toolstack, native drivers,
+backends)."""

@@ -1,0 +1,1 @@
+"""domU guest kernels: xenbus client, frontends, user programs."""
