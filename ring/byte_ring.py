@@ -45,12 +45,32 @@ import struct
 from typing import NamedTuple
 
 from ring.errors import CorruptRingIndexError
+from ring.xs_wire import (  # the constants live in xs_wire.h in Xen too
+    XENSTORE_CONNECTED,
+    XENSTORE_ERROR_COMM,
+    XENSTORE_ERROR_NONE,
+    XENSTORE_ERROR_PROTO,
+    XENSTORE_ERROR_RINGIDX,
+    XENSTORE_RECONNECT,
+    XENSTORE_RING_SIZE,
+    XENSTORE_SERVER_FEATURE_ERROR,
+    XENSTORE_SERVER_FEATURE_RECONNECTION,
+)
 
 __all__ = [
     "CONSOLE_IN",
     "CONSOLE_OUT",
+    "XENSTORE_CONNECTED",
+    "XENSTORE_ERROR_COMM",
+    "XENSTORE_ERROR_NONE",
+    "XENSTORE_ERROR_PROTO",
+    "XENSTORE_ERROR_RINGIDX",
+    "XENSTORE_RECONNECT",
     "XENSTORE_REQ",
+    "XENSTORE_RING_SIZE",
     "XENSTORE_RSP",
+    "XENSTORE_SERVER_FEATURE_ERROR",
+    "XENSTORE_SERVER_FEATURE_RECONNECTION",
     "ByteRingConsumer",
     "ByteRingLayout",
     "ByteRingProducer",
@@ -65,15 +85,6 @@ _U32 = struct.Struct("<I")
 PAGE_SIZE = 4096
 
 # --- xenstore page constants (io/xs_wire.h) ---------------------------------
-XENSTORE_RING_SIZE = 1024
-XENSTORE_SERVER_FEATURE_RECONNECTION = 1
-XENSTORE_SERVER_FEATURE_ERROR = 2
-XENSTORE_CONNECTED = 0
-XENSTORE_RECONNECT = 1
-XENSTORE_ERROR_NONE = 0
-XENSTORE_ERROR_COMM = 1
-XENSTORE_ERROR_RINGIDX = 2
-XENSTORE_ERROR_PROTO = 3
 
 # struct xenstore_domain_interface: indices and control words from offset 2048
 XENSTORE_SERVER_FEATURES_OFFSET = 2064

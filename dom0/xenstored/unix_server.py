@@ -1,0 +1,225 @@
+"""xenstored's byte-stream transport and its Unix-socket server for dom0 tools.
+
+:func:`serve_connection` pumps one byte stream (anything with ``send_all`` /
+``receive_some`` / ``aclose``) against a :class:`~.core.XenStore` connection:
+
+* a reader task parses requests (:class:`ring.xs_wire.MessageParser`) and
+  hands them to the core one by one, pausing while the connection already has
+  as many unsent replies as its outstanding limit allows (20 for a domain) -
+  so a client that pipelines without reading blocks only itself;
+* a writer task sends whatever the core queued (replies and watch events).
+
+A framing error (payload over 4096 bytes) ends that connection only.
+
+:func:`serve` listens on a Unix socket; every client is privileged (dom0
+tools), like C xenstored's ``/var/run/xenstored/socket``. Real
+``xenstore-*`` tools find it through ``XENSTORED_PATH`` (see :func:`main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import stat
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import trio
+
+from ring.xs_wire import MessageParser, WireViolation
+
+from .connection import Connection
+from .core import XenStore
+
+__all__ = ["ByteStream", "main", "serve", "serve_connection"]
+
+RECEIVE_CHUNK = 65536
+FLUSH_TIMEOUT = 1.0
+_TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+SEND_CHUNK = 1 << 18
+
+
+class ByteStream(Protocol):
+    """The transport surface xenstored needs (trio streams satisfy it)."""
+
+    async def send_all(self, data: bytes) -> None: ...
+    async def receive_some(self, max_bytes: int | None = None) -> bytes: ...
+    async def aclose(self) -> None: ...
+
+
+class _Signal:
+    """A re-armable wake-up flag (set from sync code, awaited by one task)."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+async def serve_connection(xs: XenStore, stream: ByteStream, conn: Connection) -> None:
+    """Serve ``conn`` over ``stream`` until the peer closes or breaks framing.
+
+    Args:
+        xs: the daemon core.
+        stream: the byte stream (its peer is hostile).
+        conn: the connection the core created for this peer.
+
+    Returns:
+        When the connection is finished; it has then been disconnected from
+        the core and the stream closed. Never raises on peer behaviour.
+    """
+    parser = MessageParser()
+    output = _Signal()
+    space = _Signal()
+    conn.on_output = output.set
+    limit = xs.outstanding_limit(conn)
+    in_flight = 0  # replies taken from the queue but not yet delivered
+
+    async def writer() -> None:
+        nonlocal in_flight
+        while True:
+            if not conn.out:
+                await output.wait()
+                continue
+            data, replies = conn.take_output_counted(trio.current_time(), SEND_CHUNK)
+            in_flight = replies
+            if data:
+                await stream.send_all(data)
+            in_flight = 0
+            space.set()
+
+    async def reader() -> None:
+        while True:
+            data = await stream.receive_some(RECEIVE_CHUNK)
+            if not data:
+                return
+            for item in parser.feed(data):
+                if isinstance(item, WireViolation):
+                    xs.mark_broken(conn, item.ring_error)
+                    return
+                while conn.replies_queued + in_flight >= limit:
+                    await space.wait()
+                xs.handle(conn, item)
+                if conn.closed:
+                    return
+
+    async def guarded(fn: Callable[[], Awaitable[None]], cancel: trio.CancelScope) -> None:
+        # A peer that resets or a ring that breaks ends this connection only.
+        with contextlib.suppress(*_TRANSPORT_ERRORS):
+            await fn()
+        cancel.cancel()
+
+    async def read_then_flush() -> None:
+        await reader()
+        # Deliver what is queued (e.g. the last replies), briefly, then stop.
+        with trio.move_on_after(FLUSH_TIMEOUT):
+            while (conn.out or in_flight) and not conn.broken:
+                await space.wait()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(guarded, writer, nursery.cancel_scope)
+            nursery.start_soon(guarded, read_then_flush, nursery.cancel_scope)
+    finally:
+        conn.on_output = None
+        xs.disconnect(conn)
+        with trio.CancelScope(shield=True), contextlib.suppress(*_TRANSPORT_ERRORS):
+            await stream.aclose()
+
+
+def _remove_stale(socket_path: str) -> None:
+    try:
+        st = os.lstat(socket_path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(f"{socket_path} exists and is not a socket")
+    os.unlink(socket_path)
+
+
+async def serve(
+    socket_path: str | os.PathLike[str],
+    *,
+    xenstore: XenStore | None = None,
+    task_status: trio.TaskStatus[XenStore] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run xenstored on a Unix socket until cancelled; remove the socket on exit.
+
+    Args:
+        socket_path: where to listen (administrator-controlled); a stale
+            socket there is replaced, any other file is an error.
+        xenstore: the core to serve (default: a fresh one clocked by trio).
+        task_status: ``nursery.start`` reports the core once listening.
+
+    Raises:
+        FileExistsError: ``socket_path`` is a non-socket file.
+        OSError: the socket cannot be bound.
+    """
+    path = os.fspath(socket_path)
+    xs = xenstore or XenStore(clock=trio.current_time)
+    _remove_stale(path)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        sock.listen(128)
+        listener = trio.SocketListener(sock)
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await serve_connection(xs, stream, xs.connect_socket())
+
+        async with trio.open_nursery() as nursery:
+            task_status.started(xs)
+            await trio.serve_listeners(handler, [listener], handler_nursery=nursery)
+    finally:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+async def _run_until_signal(socket_path: str) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, socket_path)
+            print(f"xenstored: listening on {socket_path}", file=sys.stderr, flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+def run_standalone(socket_path: str) -> int:
+    """Run a standalone xenstored on ``socket_path`` in the foreground until
+    SIGINT/SIGTERM; the socket is removed on exit.
+
+    Point real tools at it with ``XENSTORED_PATH=PATH xenstore-ls /``.
+
+    Args:
+        socket_path: where to listen (user-controlled).
+
+    Returns:
+        The process exit status (0 after SIGINT/SIGTERM).
+    """
+    trio.run(_run_until_signal, socket_path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dom0.xenstored.unix_server --socket PATH`` (the CLI verb
+    ``xensim xenstored`` does the same)."""
+    parser = argparse.ArgumentParser(prog="xenstored", description=run_standalone.__doc__)
+    parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    args: Any = parser.parse_args(argv)
+    return run_standalone(args.socket)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
