@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from itertools import chain as _chain
 from typing import NamedTuple
 
 # --- constants (io/blkif.h) ----------------------------------------------
@@ -90,6 +91,18 @@ assert _RSP.size == 16
 BLKIF_SLOT_SIZE = 112
 
 _KNOWN_STATUS = frozenset((BLKIF_RSP_OKAY, BLKIF_RSP_ERROR, BLKIF_RSP_EOPNOTSUPP))
+
+# Hot-path helpers. Records are built with ``tuple.__new__`` straight from
+# unpacked fields (NamedTuple's generated ``__new__`` costs a Python call per
+# record); the results are ordinary, immutable NamedTuple instances.
+_new = tuple.__new__
+# the request header (operation .. sector_number), segments start after it
+_RW_HDR = struct.Struct("<BBH4xQQ")
+assert _RW_HDR.size == 24
+# a whole blkif_request with n segments used and the rest zero-filled
+_RW_N = [struct.Struct(f"<BBH4xQQ{'IBB2x' * n}{8 * (BLKIF_MAX_SEGMENTS_PER_REQUEST - n)}x")
+         for n in range(BLKIF_MAX_SEGMENTS_PER_REQUEST + 1)]
+assert all(st.size == _RW.size for st in _RW_N)
 
 
 # --- records ----------------------------------------------------------------
@@ -200,12 +213,17 @@ def validate_segments(
         return f"nr_segments {nr_segments} > {max_segments}"
     if len(segments) != nr_segments:
         return f"{len(segments)} segments present, {nr_segments} claimed"
-    for i, seg in enumerate(segments):
+    for _gref, first, last in segments:
+        if last >= SECTORS_PER_PAGE or last < first:
+            break
+    else:
+        return None
+    for i, seg in enumerate(segments):  # slow path: name the first bad segment
         if seg.last_sect >= SECTORS_PER_PAGE:
             return f"segment {i}: last_sect {seg.last_sect} > 7"
         if seg.last_sect < seg.first_sect:
             return f"segment {i}: last_sect {seg.last_sect} < first_sect {seg.first_sect}"
-    return None
+    return None  # pragma: no cover - the fast loop found a bad segment
 
 
 def decode_indirect_segments(
@@ -279,9 +297,9 @@ def make_response(req: BlkifAnyRequest, status: int) -> BlkifResponse:
     Returns:
         The response record.
     """
-    if isinstance(req, BlkifIndirectRequest):
-        return BlkifResponse(req.id, req.indirect_op, status)
-    return BlkifResponse(req.id, req.operation, status)
+    if type(req) is BlkifIndirectRequest:
+        return _new(BlkifResponse, (req.id, req.indirect_op, status, None))
+    return _new(BlkifResponse, (req.id, req.operation, status, None))
 
 
 def error_response(req: BlkifAnyRequest) -> BlkifResponse:
@@ -329,14 +347,14 @@ class BlkifCodec:
         """
         if isinstance(req, BlkifRequest):
             segs = req.segments
-            if len(segs) > BLKIF_MAX_SEGMENTS_PER_REQUEST:
-                raise ValueError(f"{len(segs)} segments > {BLKIF_MAX_SEGMENTS_PER_REQUEST}")
-            flat: list[int] = []
-            for s in segs:
-                flat += (s.gref, s.first_sect, s.last_sect)
-            flat += (0, 0, 0) * (BLKIF_MAX_SEGMENTS_PER_REQUEST - len(segs))
-            nr = len(segs) if req.nr_segments < 0 else req.nr_segments
-            return _RW.pack(req.operation, nr, req.handle, req.id, req.sector_number, *flat)
+            n = len(segs)
+            if n > BLKIF_MAX_SEGMENTS_PER_REQUEST:
+                raise ValueError(f"{n} segments > {BLKIF_MAX_SEGMENTS_PER_REQUEST}")
+            nr = n if req.nr_segments < 0 else req.nr_segments
+            # BlkifSegment is a (gref, first_sect, last_sect) tuple: flatten in C;
+            # _RW_N[n] zero-fills the unused segments.
+            return _RW_N[n].pack(req.operation, nr, req.handle, req.id, req.sector_number,
+                                 *_chain.from_iterable(segs))
         if isinstance(req, BlkifDiscardRequest):
             return _DISCARD.pack(
                 req.operation, req.flag, req.handle, req.id, req.sector_number, req.nr_sectors
@@ -365,17 +383,16 @@ class BlkifCodec:
             return BlkifUnknownRequest(-1, 0, f"slot of {len(raw)} bytes")
         op = raw[0]
         if op in _RW_OPS or op in _NOSEG_OPS:
-            v = _RW.unpack_from(raw)
-            nr = v[1]
+            # ``raw`` is our private copy: reading it field by field is safe.
+            _op, nr, handle, rid, sector = _RW_HDR.unpack_from(raw)
             n = nr if nr <= BLKIF_MAX_SEGMENTS_PER_REQUEST else BLKIF_MAX_SEGMENTS_PER_REQUEST
-            segs = tuple(
-                BlkifSegment(v[5 + 3 * k], v[6 + 3 * k], v[7 + 3 * k]) for k in range(n)
-            )
+            segs = tuple([_new(BlkifSegment, t)
+                          for t in _SEG.iter_unpack(raw[_RW_HDR.size : _RW_HDR.size + 8 * n])])
             if nr == 0 and op in _NOSEG_OPS:
                 err = None
             else:
                 err = validate_segments(segs, nr, BLKIF_MAX_SEGMENTS_PER_REQUEST)
-            return BlkifRequest(op, v[2], v[3], v[4], segs, nr, err)
+            return _new(BlkifRequest, (op, handle, rid, sector, segs, nr, err))
         if op == BLKIF_OP_DISCARD:
             d = _DISCARD.unpack_from(raw)
             return BlkifDiscardRequest(*d, None)
@@ -422,9 +439,10 @@ class BlkifCodec:
         """
         if len(raw) < _RSP.size:
             return BlkifResponse(0, 0, BLKIF_RSP_ERROR, f"slot of {len(raw)} bytes")
-        rid, op, status = _RSP.unpack_from(raw)
-        err = None if status in _KNOWN_STATUS else f"unknown status {status}"
-        return BlkifResponse(rid, op, status, err)
+        v = _RSP.unpack_from(raw)
+        if v[2] in _KNOWN_STATUS:
+            return _new(BlkifResponse, (*v, None))
+        return _new(BlkifResponse, (*v, f"unknown status {v[2]}"))
 
 
 BLKIF_CODEC = BlkifCodec()

@@ -76,7 +76,7 @@ correct.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from ring.errors import RingFullError, RingOverflowError, RingUsageError
@@ -108,6 +108,7 @@ _M = 0xFFFFFFFF
 
 ReqT = TypeVar("ReqT")
 RspT = TypeVar("RspT")
+T = TypeVar("T")
 
 
 class SlotCodec(Protocol[ReqT, RspT]):
@@ -327,6 +328,16 @@ class SharedRing:
         return sorted(self._split)
 
 
+def _copy_out(s: SharedRing, decode: Callable[[bytes], T], first: int, n: int) -> list[T]:
+    """Copy ``n`` slots from index ``first`` out of the page, once each, and
+    decode the private copies (the batch form of :meth:`SharedRing.read_slot`)."""
+    slots, mask = s._slots, s._mask
+    if not s._split:  # no slot straddles a page: one C-level copy per slot
+        return [decode(bytes(slots[(first + k) & mask])) for k in range(n)]  # type: ignore[arg-type]
+    read = s.read_slot
+    return [decode(read(first + k)) for k in range(n)]
+
+
 class FrontRing(Generic[ReqT, RspT]):
     """The frontend's end of a ring (``struct <proto>_front_ring``).
 
@@ -448,10 +459,16 @@ class FrontRing(Generic[ReqT, RspT]):
         if len(reqs) > self.free_requests():
             raise RingFullError(f"{len(reqs)} requests, {self.free_requests()} free slots")
         encode = self._codec.encode_request
-        write = self.sring.write_slot
+        s = self.sring
+        slots, mask, write = s._slots, s._mask, s.write_slot
         i = self.req_prod_pvt
         for req in reqs:
-            write(i, encode(req))
+            data = encode(req)
+            mv = slots[i & mask]
+            if mv is not None and len(data) <= s.slot_size:
+                mv[: len(data)] = data  # write_slot's fast path, inlined
+            else:
+                write(i, data)
             i += 1
         self.req_prod_pvt = i & _M
 
@@ -537,9 +554,7 @@ class FrontRing(Generic[ReqT, RspT]):
             )
         if limit is not None and n > limit:
             n = max(limit, 0)
-        decode = self._codec.decode_response
-        read = self.sring.read_slot
-        out = [decode(read(cons + k)) for k in range(n)]
+        out = _copy_out(self.sring, self._codec.decode_response, cons, n)
         self.rsp_cons = (cons + n) & _M
         return out
 
@@ -701,9 +716,7 @@ class BackRing(Generic[ReqT, RspT]):
             n = room
         if limit is not None and n > limit:
             n = max(limit, 0)
-        decode = self._codec.decode_request
-        read = s.read_slot
-        out = [decode(read(cons + k)) for k in range(n)]
+        out = _copy_out(s, self._codec.decode_request, cons, n)
         self.req_cons = (cons + n) & _M
         return out
 
@@ -749,8 +762,23 @@ class BackRing(Generic[ReqT, RspT]):
             RingUsageError: more responses than consumed requests; the ones
                 that fitted were written.
         """
-        for rsp in rsps:
-            self.put_response(rsp)
+        rsps = list(rsps)
+        room = (self.req_cons - self.rsp_prod_pvt) & _M
+        encode = self._codec.encode_response
+        s = self.sring
+        slots, mask, write = s._slots, s._mask, s.write_slot
+        i = self.rsp_prod_pvt
+        for rsp in rsps[:room]:
+            data = encode(rsp)
+            mv = slots[i & mask]
+            if mv is not None and len(data) <= s.slot_size:
+                mv[: len(data)] = data  # write_slot's fast path, inlined
+            else:
+                write(i, data)
+            i += 1
+        self.rsp_prod_pvt = i & _M
+        if len(rsps) > room:
+            raise RingUsageError("no consumed request left to answer")
 
     def push_responses(self) -> None:
         """``RING_PUSH_RESPONSES``: publish ``rsp_prod = rsp_prod_pvt``, no notify check."""
