@@ -6,6 +6,7 @@ async adapters around it: :func:`serve` (Unix socket for dom0 tools).
 
 from __future__ import annotations
 
+from .conflict import ConflictCredit
 from .connection import Connection, Watch
 from .core import XenStore
 from .domain import Domain, DomainInfo, DomainState, StaticDomainInfo
@@ -13,6 +14,7 @@ from .errors import XsErr
 from .quota import Quotas
 
 __all__ = [
+    "ConflictCredit",
     "Connection",
     "Domain",
     "DomainInfo",

@@ -8,8 +8,15 @@ Everything queued is bounded:
 * replies: the transport stops reading requests while ``replies_queued``
   reaches the outstanding limit (20 for a domain);
 * watch events: at most ``event_bytes_max`` bytes are queued; newer events
-  past that are dropped (and counted), and events that wait longer than
-  ``event_timeout`` seconds are dropped when the queue is drained.
+  past that are dropped (and counted). An event still unsent
+  ``event_timeout`` seconds after it was queued is dropped (Xen 4.17
+  ``check_event_timeout``, ``-w watch-event=20``): on a timer
+  (:meth:`Connection.expire_events`, which transports run at
+  :meth:`Connection.next_event_expiry`), when the queue is drained, and
+  before a new event is refused for lack of budget - so a guest that stops
+  reading its ring holds at most 20 s worth of events, and its budget comes
+  back. Replies never expire; a message already handed to the transport is
+  never dropped half-written.
 """
 
 from __future__ import annotations
@@ -102,6 +109,8 @@ class Connection:
             False if the event was dropped.
         """
         if self.event_bytes + len(data) > self.event_bytes_max:
+            self.expire_events(now)  # stale events must not hold the budget
+        if self.event_bytes + len(data) > self.event_bytes_max:
             self.events_dropped += 1
             return False
         self.out.append((now, data))
@@ -137,12 +146,47 @@ class Connection:
                 replies += 1
             else:
                 self.event_bytes -= len(data)
-                if timeout is not None and now - stamp > timeout:
+                if timeout is not None and stamp + timeout <= now:
                     self.events_dropped += 1
                     continue
             chunks.append(data)
             size += len(data)
         return b"".join(chunks), replies
+
+    def next_event_expiry(self) -> float | None:
+        """When the oldest queued watch event expires (None: nothing will)."""
+        if self.event_timeout is None:
+            return None
+        for stamp, _ in self.out:
+            if stamp is not None:
+                return stamp + self.event_timeout
+        return None
+
+    def expire_events(self, now: float) -> int:
+        """Drop queued watch events that have waited ``event_timeout`` seconds.
+
+        Args:
+            now: the current time (same clock as the stamps).
+
+        Returns:
+            How many events were dropped (also added to ``events_dropped``).
+        """
+        timeout = self.event_timeout
+        if timeout is None or not self.event_bytes:
+            return 0
+        kept: deque[tuple[float | None, bytes]] = deque()
+        dropped = 0
+        for item in self.out:
+            stamp, data = item
+            if stamp is not None and stamp + timeout <= now:
+                self.event_bytes -= len(data)
+                dropped += 1
+            else:
+                kept.append(item)
+        if dropped:
+            self.out = kept
+            self.events_dropped += dropped
+        return dropped
 
     def take_messages(self, now: float) -> list[tuple[int, int, int, bytes]]:
         """Drain the queue as decoded ``(type, req_id, tx_id, payload)`` tuples (tests)."""

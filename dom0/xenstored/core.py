@@ -19,6 +19,12 @@ Hooks for the rest of the system:
   connection, so a ring transport can map the page and bind the port.
 * :meth:`XenStore.check_domains` is what ``VIRQ_DOM_EXC`` should trigger;
   it asks the :class:`~.domain.DomainInfo` provider about every known domain.
+* :meth:`XenStore.input_delay` tells a transport to hold a connection's next
+  request for a while (conflict credit, :mod:`.conflict`); the core itself
+  never waits.
+* :meth:`XenStore.event_expiry_delay` / :meth:`XenStore.expire_events` drop
+  watch events that stayed unsent too long (``--timeout watch-event``); a
+  transport runs them on a timer.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from ring.xs_wire import (
     split_strings,
 )
 
+from .conflict import ConflictCredit
 from .connection import Connection, Watch
 from .control import run_control
 from .domain import Domain, DomainInfo, DomainState, StaticDomainInfo
@@ -103,6 +110,8 @@ class XenStore:
         quotas: limit settings (default: Xen 4.17's).
         clock: seconds, monotonic; transports pass ``trio.current_time``.
         priv_domid: the privileged domain (0).
+        conflicts: conflict-credit policy (default: oxenstored's burst 5,
+            one point per 0.05 s; ``ConflictCredit(burst=0)`` disables it).
     """
 
     def __init__(
@@ -112,11 +121,13 @@ class XenStore:
         quotas: Quotas | None = None,
         clock: Callable[[], float] = time.monotonic,
         priv_domid: int = 0,
+        conflicts: ConflictCredit | None = None,
     ) -> None:
         self.domain_info: DomainInfo = domain_info or StaticDomainInfo()
         self.quotas = quotas or Quotas()
         self.clock = clock
         self.priv_domid = priv_domid
+        self.conflicts = conflicts if conflicts is not None else ConflictCredit()
         self.store = Store(priv_domid)
         self.direct = DirectView(self.store)
         self.ops = TreeOps(self.quotas, self._valid, priv_domid)
@@ -196,6 +207,7 @@ class XenStore:
         conn.closed = True
         self._drop_watches(conn)
         conn.clear()
+        self._trim_history()
         self.connections.pop(conn.conn_id, None)
         dom = self.domains.get(conn.domid)
         if dom is not None and dom.conn is conn:
@@ -213,6 +225,7 @@ class XenStore:
         conn.broken = ring_error
         self._drop_watches(conn)
         conn.clear()
+        self._trim_history()
 
     # ------------------------------------------------------------------
     # Domains
@@ -294,7 +307,23 @@ class XenStore:
                 events += self.ops.rm(root, self.direct, path)
         self.store.owners.pop(dom.domid, None)
         del self.domains[dom.domid]
+        self._remove_domid_from_special_perms(dom.domid)
+        self.conflicts.forget(dom.domid)
         self._fire(events)
+
+    def _remove_domid_from_special_perms(self, domid: int) -> None:
+        """remove_domid_from_perm for ``@introduceDomain`` / ``@releaseDomain``.
+
+        As in Xen 4.17 the dead domain's entries are deleted from the special
+        nodes' lists (an owner entry becomes the privileged domain), so GET_PERMS
+        no longer shows them and a new domain with the domid gets nothing.
+        """
+        for path, (perms, gen) in list(self.special_perms.items()):
+            owner = perms[0]
+            if owner.domid == domid:
+                owner = Perm(self.priv_domid, owner.bits)
+            rest = tuple(p for p in perms[1:] if p.domid != domid)
+            self.special_perms[path] = ((owner, *rest), gen)
 
     def check_domains(self) -> None:
         """What VIRQ_DOM_EXC triggers: find shut-down and dead domains.
@@ -334,6 +363,9 @@ class XenStore:
             return
         conn.requests += 1
         entry = self._table.get(msg.type)
+        journal: list[str] | None = None
+        if not conn.privileged:
+            journal = self.direct.journal = []
         try:
             if entry is None:
                 raise XsErr("ENOSYS")
@@ -345,7 +377,12 @@ class XenStore:
                 tx = conn.transactions.get(msg.tx_id)
                 if tx is None:
                     raise XsErr("ENOENT")
-            payload = handler(conn, msg, tx)
+            try:
+                payload = handler(conn, msg, tx)
+            finally:
+                self.direct.journal = None
+            if journal and self._any_open_transaction():
+                self.conflicts.record(conn.domid, journal, self.store.generation)
             if len(payload) > XENSTORE_PAYLOAD_MAX:
                 raise XsErr("E2BIG")
             conn.queue_reply(encode_message(msg.type, msg.req_id, msg.tx_id, payload))
@@ -431,7 +468,8 @@ class XenStore:
         if path.startswith("@"):
             perms = self._special(conn, path, PERM_READ)
             return format_perms(perms)
-        return format_perms(self.ops.read(conn.principal, self._view(conn, tx), path).perms)
+        node = self.ops.read(conn.principal, self._view(conn, tx), path)
+        return format_perms(self.ops.carry(node).perms)
 
     def _do_get_domain_path(
         self, conn: Connection, msg: XsMessage, tx: Transaction | None
@@ -465,10 +503,8 @@ class XenStore:
             raise XsErr("EINVAL")
         if not conn.privileged and len(args) - 1 > self.quotas.permissions:
             raise XsErr("ENOSPC")
-        perms = parse_perms(args[1:])
         path = self._path(conn, args[0], special=True)
-        for p in perms:  # domain_alloc_permrefs
-            self._domain_record(p.domid)
+        perms = self._alloc_permrefs(parse_perms(args[1:]))
         if path.startswith("@"):
             old = self._special(conn, path, PERM_WRITE | PERM_OWNER)
             if not conn.privileged and perms[0].domid != old[0].domid:
@@ -477,6 +513,21 @@ class XenStore:
             return OK
         self._changed(tx, self.ops.set_perms(conn.principal, self._view(conn, tx), path, perms))
         return OK
+
+    def _alloc_permrefs(self, perms: PermList) -> PermList:
+        """domain_alloc_permrefs: make sure every named domain has a record.
+
+        An entry (after the owner) naming a domain that does not exist is
+        flagged ``XS_PERM_IGNORE`` at once, so that a domain created later
+        with that domid gets nothing from it.
+        """
+        out = [perms[0]]
+        self._domain_record(perms[0].domid)
+        for p in perms[1:]:
+            if p.domid != self.priv_domid and self._domain_record(p.domid) is None:
+                p = p.as_ignored()
+            out.append(p)
+        return tuple(out)
 
     def _special(self, conn: Connection, path: str, want: int) -> PermList:
         entry = self.special_perms.get(path)
@@ -513,11 +564,59 @@ class XenStore:
         if tx is None:
             raise XsErr("ENOENT")
         del conn.transactions[tx.tx_id]
-        if arg == b"T":
-            exempt = frozenset({self.priv_domid})
-            events = tx.commit(self.quotas.nodes, exempt)
-            self._fire(events)
+        try:
+            if arg == b"T":
+                self._commit(conn, tx)
+        finally:
+            self._trim_history()
         return OK
+
+    def _commit(self, conn: Connection, tx: Transaction) -> None:
+        exempt = frozenset({self.priv_domid})
+        try:
+            events = tx.commit(self.quotas.nodes, exempt)
+        except XsErr as e:
+            if e.name == "EAGAIN":
+                victim = None if conn.privileged else conn.domid
+                self.conflicts.blame(victim, tx.generation, tx.conflicts(), self.clock())
+            raise
+        if not conn.privileged and self._any_open_transaction():
+            self.conflicts.record(conn.domid, tx.modified_paths(), self.store.generation)
+        self._fire(events)
+
+    # -- conflict credit -------------------------------------------------
+
+    def _any_open_transaction(self) -> bool:
+        return any(c.transactions for c in self.connections.values())
+
+    def _trim_history(self) -> None:
+        starts = [
+            tx.generation for c in self.connections.values() for tx in c.transactions.values()
+        ]
+        self.conflicts.trim(min(starts) if starts else None)
+
+    def event_expiry_delay(self, conn: Connection) -> float | None:
+        """Seconds until ``conn``'s oldest queued watch event expires (None: none will)."""
+        deadline = conn.next_event_expiry()
+        return None if deadline is None else max(0.0, deadline - self.clock())
+
+    def expire_events(self, conn: Connection) -> int:
+        """Drop ``conn``'s watch events that stayed unsent too long; return how many."""
+        return conn.expire_events(self.clock())
+
+    def input_delay(self, conn: Connection) -> float | None:
+        """How long a transport must wait before handing ``conn``'s next request in.
+
+        A domain whose writes made others' transactions fail too often has
+        run out of conflict credit (:mod:`.conflict`); its requests are held,
+        not refused. Privileged connections are never held.
+
+        Returns:
+            None to go ahead now; else seconds to wait before asking again.
+        """
+        if conn.privileged:
+            return None
+        return self.conflicts.delay(conn.domid, self.clock())
 
     # -- watches -------------------------------------------------------
 
@@ -556,6 +655,7 @@ class XenStore:
     ) -> bytes:
         self._drop_watches(conn)
         conn.transactions.clear()
+        self._trim_history()
         return OK
 
     def _unindex(self, watch: Watch) -> None:

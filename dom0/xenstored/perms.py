@@ -17,9 +17,17 @@ Evaluation for a connection C (``perm_for_conn``):
 4. Otherwise the first entry's letter.
 
 Entries that name a domain which does not exist, or which was created *after*
-the node was last written (its domid was reused), are ignored (Xen's
-``XS_PERM_IGNORE``, XSA-322); an owner in that state is read as dom0. The
-caller supplies that knowledge as ``valid(domid, node_generation) -> bool``.
+the node was last written (its domid was reused), are ignored (XSA-322); an
+owner in that state is read as dom0. The caller supplies that knowledge as
+``valid(domid, node_generation) -> bool``. Xen 4.17 makes the verdict sticky:
+whenever xenstored reads a node it sets ``XS_PERM_IGNORE`` on such entries
+(``domain_adjust_node_perms``), SET_PERMS sets it on entries naming a domain
+that does not exist (``domain_alloc_permrefs``), and a node written back
+keeps the flag - so a later write, which gives the node a newer generation
+than a new domain reusing the domid, cannot revive the old rights. An
+ignored entry stays in the list and GET_PERMS still prints it
+(``xs_perm_to_string`` masks the flag): after domain 5 is gone, a node with
+``n0 r5`` still shows ``n0 r5``, but a new domain 5 cannot read it.
 
 Worked example: ``/local/domain/5/device/vbd/768`` has ``n5 r0``: domain 5
 owns it (full access); dom0 reads it via ``r0`` (and anyway is privileged);
@@ -38,6 +46,7 @@ from dataclasses import dataclass
 from .errors import XsErr
 
 __all__ = [
+    "PERM_ENOENT_OK",
     "PERM_IGNORE",
     "PERM_NONE",
     "PERM_OWNER",
@@ -72,7 +81,17 @@ class Perm:
     bits: int
 
     def __str__(self) -> str:
+        # The IGNORE flag is internal: GET_PERMS prints the letter (as Xen does).
         return f"{_BITS_TO_LETTER[self.bits & (PERM_READ | PERM_WRITE)]}{self.domid}"
+
+    @property
+    def ignored(self) -> bool:
+        """The entry names a dead or reused domid and grants nothing."""
+        return bool(self.bits & PERM_IGNORE)
+
+    def as_ignored(self) -> Perm:
+        """This entry with ``XS_PERM_IGNORE`` set."""
+        return Perm(self.domid, self.bits | PERM_IGNORE)
 
 
 PermList = tuple[Perm, ...]
@@ -141,7 +160,7 @@ def perm_for_conn(
         perms: the node's list (owner/dom0-controlled).
         generation: the node's generation (xenstored-controlled).
         valid: ``valid(domid, generation)`` is False for entries naming a dead
-            or reused domid.
+            or reused domid. Entries flagged ``PERM_IGNORE`` never match.
         priv_domid: the privileged domain, which owns orphaned nodes.
 
     Returns:
@@ -157,8 +176,10 @@ def perm_for_conn(
     if owner == me or (target is not None and owner == target):
         return _ALL
     for p in perms[1:]:
-        if (p.domid == me or (target is not None and p.domid == target)) and valid(
-            p.domid, generation
+        if (
+            (p.domid == me or (target is not None and p.domid == target))
+            and not p.bits & PERM_IGNORE
+            and valid(p.domid, generation)
         ):
             return p.bits & _ALL
     return perms[0].bits & _ALL

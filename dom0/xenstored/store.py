@@ -174,10 +174,13 @@ class View(Protocol):
 class DirectView:
     """Operations on the global tree, applied at once."""
 
-    __slots__ = ("store",)
+    __slots__ = ("journal", "store")
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        # When a list, every path written or deleted is appended (the core
+        # uses it to record unprivileged changes for conflict credit).
+        self.journal: list[str] | None = None
 
     def read(self, path: str) -> Node | None:
         """The node at ``path`` or None."""
@@ -188,6 +191,8 @@ class DirectView:
         store = self.store
         node.generation = store.next_generation()
         store.nodes[path] = node
+        if self.journal is not None:
+            self.journal.append(path)
         if old is None:
             store.owners[node.owner] += 1
         elif old.owner != node.owner:
@@ -199,6 +204,8 @@ class DirectView:
         store = self.store
         del store.nodes[path]
         store.owners[old.owner] -= 1
+        if self.journal is not None:
+            self.journal.append(path)
 
     def reserve(self, paths: list[str]) -> None:
         """No per-operation node budget outside transactions."""
@@ -226,23 +233,34 @@ class TreeOps:
         self.priv_domid = priv_domid
 
     def carry(self, node: Node) -> Node:
-        """``node`` with permission entries for dead or reused domids dropped.
+        """``node`` as xenstored reads it (``domain_adjust_node_perms``).
 
-        Xen marks such entries ``XS_PERM_IGNORE`` when it rewrites a node, so
-        a later write (which restamps the generation) cannot revive rights
-        for a new domain that reuses the domid. An orphaned owner becomes the
-        privileged domain.
+        Entries after the first that name a dead domain, or a domain newer
+        than the node (a reused domid), get ``XS_PERM_IGNORE``; they stay in
+        the list (GET_PERMS prints them) but grant nothing. Writing the node
+        back keeps the flag, so the fresh generation a write stamps cannot
+        revive the rights for a new domain with the old domid. An orphaned
+        owner reads as the privileged domain.
         """
         perms = node.perms
         gen = node.generation
         valid = self.valid
-        if all(p.domid == self.priv_domid or valid(p.domid, gen) for p in perms):
-            return node
+        priv = self.priv_domid
         owner = perms[0]
-        if owner.domid != self.priv_domid and not valid(owner.domid, gen):
-            owner = Perm(self.priv_domid, owner.bits)
-        rest = tuple(p for p in perms[1:] if p.domid == self.priv_domid or valid(p.domid, gen))
-        return node.with_perms((owner, *rest))
+        stale_owner = owner.domid != priv and not valid(owner.domid, gen)
+        if not stale_owner and all(
+            p.ignored or p.domid == priv or valid(p.domid, gen) for p in perms[1:]
+        ):
+            return node
+        if stale_owner:
+            owner = Perm(priv, owner.bits)
+        rest = tuple(
+            p if p.ignored or p.domid == priv or valid(p.domid, gen) else p.as_ignored()
+            for p in perms[1:]
+        )
+        new = node.with_perms((owner, *rest))
+        new.generation = gen
+        return new
 
     def perm(self, who: Principal, node: Node) -> int:
         """Access bits ``who`` has on ``node``."""

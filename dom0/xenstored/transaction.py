@@ -144,6 +144,29 @@ class Transaction:
         """Nodes ``domid`` would own if this transaction committed now."""
         return self.store.count(domid) + self.owner_delta.get(domid, 0)
 
+    def conflicts(self, first_only: bool = False) -> list[str]:
+        """Nodes this transaction read whose global generation changed since.
+
+        Args:
+            first_only: stop at the first one (the commit check).
+        """
+        nodes = self.store.nodes
+        out = []
+        for path, acc in self.accessed.items():
+            if not acc.check_gen:
+                continue
+            cur = nodes.get(path)
+            gen = cur.generation if cur is not None else NO_GENERATION
+            if gen != acc.generation:
+                out.append(path)
+                if first_only:
+                    break
+        return out
+
+    def modified_paths(self) -> list[str]:
+        """Nodes this transaction wrote or deleted."""
+        return [p for p, acc in self.accessed.items() if acc.modified]
+
     def commit(self, node_quota: int | None, exempt: frozenset[int]) -> list[Event]:
         """Apply the transaction atomically or not at all.
 
@@ -159,13 +182,8 @@ class Transaction:
                 the global store is untouched in both cases.
         """
         nodes = self.store.nodes
-        for path, acc in self.accessed.items():
-            if not acc.check_gen:
-                continue
-            cur = nodes.get(path)
-            gen = cur.generation if cur is not None else NO_GENERATION
-            if gen != acc.generation:
-                raise XsErr("EAGAIN")
+        if self.conflicts(first_only=True):
+            raise XsErr("EAGAIN")
         if node_quota is not None:
             for domid, delta in self.owner_delta.items():
                 if delta > 0 and domid not in exempt and self.owner_count(domid) > node_quota:

@@ -7,7 +7,16 @@
   hands them to the core one by one, pausing while the connection already has
   as many unsent replies as its outstanding limit allows (20 for a domain) -
   so a client that pipelines without reading blocks only itself;
-* a writer task sends whatever the core queued (replies and watch events).
+* before each request the reader asks :meth:`XenStore.input_delay`; a
+  domain out of conflict credit is held (its requests wait, unread) until
+  the core says go - see :mod:`.conflict`;
+* a writer task sends whatever the core queued (replies and watch events);
+  for a domain it takes about a ring's worth at a time, so what the guest
+  has not consumed stays in the core's queue, where it is accounted and can
+  expire;
+* for a domain, an expiry task drops watch events that stayed unsent for
+  the watch-event timeout (20 s), on a timer, whether or not the guest ever
+  reads again.
 
 A framing error (payload over 4096 bytes) ends that connection only.
 
@@ -40,6 +49,7 @@ RECEIVE_CHUNK = 65536
 FLUSH_TIMEOUT = 1.0
 _TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 SEND_CHUNK = 1 << 18
+DOMAIN_SEND_CHUNK = 1024  # XENSTORE_RING_SIZE: what a guest ring holds at once
 
 
 class ByteStream(Protocol):
@@ -80,9 +90,16 @@ async def serve_connection(xs: XenStore, stream: ByteStream, conn: Connection) -
     """
     parser = MessageParser()
     output = _Signal()
+    queued = _Signal()
     space = _Signal()
-    conn.on_output = output.set
+
+    def on_output() -> None:
+        output.set()
+        queued.set()
+
+    conn.on_output = on_output
     limit = xs.outstanding_limit(conn)
+    chunk = SEND_CHUNK if conn.privileged else DOMAIN_SEND_CHUNK
     in_flight = 0  # replies taken from the queue but not yet delivered
 
     async def writer() -> None:
@@ -91,7 +108,7 @@ async def serve_connection(xs: XenStore, stream: ByteStream, conn: Connection) -
             if not conn.out:
                 await output.wait()
                 continue
-            data, replies = conn.take_output_counted(trio.current_time(), SEND_CHUNK)
+            data, replies = conn.take_output_counted(xs.clock(), chunk)
             in_flight = replies
             if data:
                 await stream.send_all(data)
@@ -109,9 +126,22 @@ async def serve_connection(xs: XenStore, stream: ByteStream, conn: Connection) -
                     return
                 while conn.replies_queued + in_flight >= limit:
                     await space.wait()
+                while (delay := xs.input_delay(conn)) is not None:
+                    await trio.sleep(delay)  # out of conflict credit: held, not refused
                 xs.handle(conn, item)
                 if conn.closed:
                     return
+
+    async def expirer() -> None:
+        while True:
+            delay = xs.event_expiry_delay(conn)
+            if delay is None:
+                await queued.wait()
+            elif delay > 0:
+                await trio.sleep(delay)  # newer events expire later: none is missed
+            else:
+                xs.expire_events(conn)
+                await trio.lowlevel.checkpoint()
 
     async def guarded(fn: Callable[[], Awaitable[None]], cancel: trio.CancelScope) -> None:
         # A peer that resets or a ring that breaks ends this connection only.
@@ -130,6 +160,8 @@ async def serve_connection(xs: XenStore, stream: ByteStream, conn: Connection) -
         async with trio.open_nursery() as nursery:
             nursery.start_soon(guarded, writer, nursery.cancel_scope)
             nursery.start_soon(guarded, read_then_flush, nursery.cancel_scope)
+            if conn.event_timeout is not None:
+                nursery.start_soon(expirer)
     finally:
         conn.on_output = None
         xs.disconnect(conn)

@@ -13,7 +13,9 @@ Each step is ``(connection, transaction, request, expected)``:
   ``"!ENOENT"``, or ``None`` (any success).
 
 A step ``("events", conn, [(path, token), ...])`` asserts the watch events
-delivered to ``conn`` since the last check (and clears them).
+delivered to ``conn`` since the last check (and clears them). A step
+``("forget", conn)`` drops the harness's handle on a connection the daemon
+closed (e.g. after RELEASE), so the next use introduces a fresh one.
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ class Harness:
 
     def run(self, steps: Iterable[tuple[Any, ...]]) -> None:
         for i, step in enumerate(steps):
+            if step[0] == "forget":
+                self.conns.pop(step[1], None)
+                self.events.pop(step[1], None)
+                continue
             if step[0] == "events":
                 _, name, expected = step
                 self.conn(name)

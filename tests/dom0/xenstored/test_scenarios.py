@@ -266,10 +266,53 @@ QUOTAS = [
 ]
 
 
+# XSA-322 as in Xen 4.17: domain 5 is released and a new domain 5 introduced.
+DOMID_REUSE = [
+    *HOMES,
+    ("dom0", 0, w("/secret", "s"), "OK"),
+    ("dom0", 0, (SP, ("/secret", "n0", "r5")), "OK"),
+    ("d5", 0, (R, ("/secret",)), b"s"),
+    ("dom0", 0, (SP, ("@releaseDomain", "n0", "r5")), "OK"),
+    ("dom0", 0, (X.RELEASE, ("5",)), "OK"),
+    ("forget", "d5"),
+    # GET_PERMS still prints the entry (the IGNORE flag is internal) ...
+    ("dom0", 0, (GP, ("/secret",)), b"n0\0r5\0"),
+    # ... but on the special nodes it is deleted (remove_domid_from_perm)
+    ("dom0", 0, (GP, ("@releaseDomain",)), b"n0\0"),
+    # nodes the dead domain owned are deleted; dom0's stay
+    ("dom0", 0, (R, ("/local/domain/5/data",)), "!ENOENT"),
+    ("dom0", 0, (GP, ("/local/domain/5",)), b"n0\0r5\0"),
+    # the new domain 5 gets nothing from the old entries
+    ("d5", 0, (R, ("/secret",)), "!EACCES"),
+    ("d5", 0, (GP, ("/secret",)), "!EACCES"),
+    ("d5", 0, (R, ("name",)), "!EACCES"),
+    ("d5", 0, (WA, ("@releaseDomain", "r")), "OK"),
+    ("events", "d5", [("@releaseDomain", "r")]),  # the initial event, always
+    ("dom0", 0, (X.INTRODUCE, ("9", "100", "3")), "OK"),
+    ("dom0", 0, (X.RELEASE, ("9",)), "OK"),
+    ("events", "d5", []),  # the special node's r5 is gone: no more events
+    # a rewrite stamps a generation newer than the new domain: the flag
+    # keeps the entry dead anyway
+    ("dom0", 0, w("/secret", "rewritten"), "OK"),
+    ("d5", 0, (R, ("/secret",)), "!EACCES"),
+    ("dom0", 0, (GP, ("/secret",)), b"n0\0r5\0"),
+    # a child inherits the flagged list
+    ("dom0", 0, w("/secret/child", "c"), "OK"),
+    ("d5", 0, (R, ("/secret/child",)), "!EACCES"),
+    ("dom0", 0, (GP, ("/secret/child",)), b"n0\0r5\0"),
+    # domain 7 is unaffected throughout
+    ("d7", 0, (R, ("/local/domain/7/name",)), b"guest7"),
+    # dom0 granting the new domain 5 explicitly works
+    ("dom0", 0, (SP, ("/secret", "n0", "r5")), "OK"),
+    ("d5", 0, (R, ("/secret",)), b"rewritten"),
+    ("dom0", 0, (X.CONTROL, ("check",)), "OK"),
+]
+
+
 @pytest.mark.parametrize(
     "steps",
-    [BASICS, PERMISSIONS, WATCHES, TRANSACTIONS, QUOTAS],
-    ids=["basics", "permissions", "watches", "transactions", "quotas"],
+    [BASICS, PERMISSIONS, WATCHES, TRANSACTIONS, QUOTAS, DOMID_REUSE],
+    ids=["basics", "permissions", "watches", "transactions", "quotas", "domid-reuse"],
 )
 def test_scenario(steps: list[tuple[Any, ...]]) -> None:
     Harness().run(steps)
@@ -317,8 +360,31 @@ def test_domid_reuse_inherits_nothing() -> None:
         ("d9", 0, (R, ("/shared",)), "!EACCES"),  # old r9 does not apply
         ("dom0", 0, w("/shared", "rewritten"), "OK"),
         ("d9", 0, (R, ("/shared",)), "!EACCES"),  # nor after a rewrite
-        ("dom0", 0, (GP, ("/shared",)), b"n0\0"),
+        # Xen 4.17 keeps the entry, flagged XS_PERM_IGNORE, and GET_PERMS
+        # prints it (xs_perm_to_string masks the flag); it grants nothing.
+        ("dom0", 0, (GP, ("/shared",)), b"n0\0r9\0"),
         ("dom0", 0, (X.CONTROL, ("check",)), "OK"),
+    ])
+
+
+def test_set_perms_naming_a_missing_domain_is_ignored_at_once() -> None:
+    """domain_alloc_permrefs: an entry for a domain that does not exist is
+    flagged XS_PERM_IGNORE when set, so a domain created later with that
+    domid - even one older than a later rewrite - gets nothing from it."""
+    h = Harness()
+    h.info.set(42, None)
+    h.run([
+        ("dom0", 0, w("/early", "x"), "OK"),
+        ("dom0", 0, (SP, ("/early", "n0", "r42")), "OK"),
+        ("dom0", 0, (GP, ("/early",)), b"n0\0r42\0"),
+    ])
+    h.info.set(42, DomainState.RUNNING)
+    h.run([
+        ("d42", 0, (R, ("/early",)), "!EACCES"),
+        ("dom0", 0, w("/early", "y"), "OK"),  # newer than domain 42's record
+        ("d42", 0, (R, ("/early",)), "!EACCES"),
+        ("dom0", 0, (SP, ("/early", "n0", "r42")), "OK"),  # now it exists
+        ("d42", 0, (R, ("/early",)), b"y"),
     ])
 
 
