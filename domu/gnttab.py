@@ -1,0 +1,127 @@
+"""Guest kernel: granting pages (Linux ``grant-table.c``, v1 entries).
+
+The guest owns its grant table frames and writes entries directly through
+its own memory view: ``domid`` and ``frame`` first, ``flags`` last (the
+hypervisor never reads a half-written grant as valid because the type bits
+come last). Ending access is a compare-and-swap of ``flags`` to 0 that is
+refused while Xen has ``GTF_reading``/``GTF_writing`` set, i.e. while the
+grantee still maps (or is copying) the page: there is no revoke.
+
+Refs 0..7 are reserved (0 = console ring, 1 = xenstore ring, pre-filled by
+the domain builder); this allocator hands out refs from 8 upward and grows
+the table with ``GNTTABOP_setup_table`` when it runs out.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hypervisor.errno import Errno, XenError
+from hypervisor.grant_table import (
+    ENTRIES_PER_FRAME,
+    GNTTAB_NR_RESERVED_ENTRIES,
+    GRANT_ENTRY_V1,
+    GNTST_okay,
+    GTF_permit_access,
+    GTF_reading,
+    GTF_readonly,
+    GTF_writing,
+)
+from hypervisor.hypercall import HypercallInterface
+from hypervisor.types import DomId, Gfn, GrantRef
+
+_DOMID_FRAME = struct.Struct("<HI")
+_FLAGS = struct.Struct("<H")
+
+
+class GrantTableClient:
+    """A guest's grant-reference allocator and entry writer.
+
+    Args:
+        hc: the guest's own hypercall interface.
+    """
+
+    def __init__(self, hc: HypercallInterface) -> None:
+        self.hc = hc
+        q = hc.grant_query_size()
+        self.max_frames = q.max_nr_frames
+        self._views: list[memoryview] = []
+        self._free: list[int] = []
+        self._setup(max(q.nr_frames, 1))
+
+    def _setup(self, nr_frames: int) -> None:
+        res = self.hc.grant_setup_table(nr_frames)
+        if res.status != GNTST_okay:
+            raise XenError(Errno.ENOSPC, f"setup_table failed with GNTST {res.status}")
+        old = len(self._views) * ENTRIES_PER_FRAME
+        self._views = [self.hc.memory.frame(m) for m in res.frames]
+        new = len(self._views) * ENTRIES_PER_FRAME
+        first = max(old, GNTTAB_NR_RESERVED_ENTRIES)
+        self._free.extend(range(new - 1, first - 1, -1))
+        self._free.sort(reverse=True)
+
+    @property
+    def nr_entries(self) -> int:
+        """Refs the table holds now."""
+        return len(self._views) * ENTRIES_PER_FRAME
+
+    @property
+    def free_count(self) -> int:
+        """Refs available without growing."""
+        return len(self._free)
+
+    def _loc(self, ref: int) -> tuple[memoryview, int]:
+        return self._views[ref // ENTRIES_PER_FRAME], (ref % ENTRIES_PER_FRAME) * 8
+
+    def read_entry(self, ref: GrantRef | int) -> tuple[int, int, int]:
+        """(flags, domid, frame) of own entry ``ref``."""
+        view, off = self._loc(ref)
+        return GRANT_ENTRY_V1.unpack_from(view, off)
+
+    def write_entry(self, ref: GrantRef | int, domid: int, frame: int, flags: int) -> None:
+        """Write an entry in Linux's order: domid/frame, then flags last."""
+        view, off = self._loc(ref)
+        _DOMID_FRAME.pack_into(view, off + 2, domid, frame)
+        _FLAGS.pack_into(view, off, flags)
+
+    def grant_access(self, domid: DomId | int, gfn: Gfn | int, readonly: bool = False,
+                     ) -> GrantRef:
+        """Grant ``domid`` access to own page ``gfn``; return the ref to advertise.
+
+        Args:
+            domid: the grantee (e.g. the backend domain).
+            gfn: own page to share (must fit 32 bits).
+            readonly: grantee may only read.
+
+        Raises:
+            XenError: ENOSPC when the table cannot grow any more.
+        """
+        if not 0 <= gfn <= 0xFFFFFFFF:
+            raise ValueError("gfn does not fit a v1 grant entry")
+        if not self._free:
+            if len(self._views) >= self.max_frames:
+                raise XenError(Errno.ENOSPC, "grant table full")
+            self._setup(len(self._views) + 1)
+        ref = self._free.pop()
+        self.write_entry(ref, domid, gfn, GTF_permit_access | (GTF_readonly if readonly else 0))
+        return GrantRef(ref)
+
+    def query_foreign_access(self, ref: GrantRef | int) -> bool:
+        """True while the grantee maps or copies the page."""
+        return bool(self.read_entry(ref)[0] & (GTF_reading | GTF_writing))
+
+    def end_foreign_access_ref(self, ref: GrantRef | int) -> bool:
+        """CAS flags -> 0 unless reading/writing is set; True if access ended."""
+        view, off = self._loc(ref)
+        (flags,) = _FLAGS.unpack_from(view, off)
+        if flags & (GTF_reading | GTF_writing):
+            return False
+        _FLAGS.pack_into(view, off, 0)  # single-threaded: the CAS cannot race
+        return True
+
+    def end_foreign_access(self, ref: GrantRef | int) -> bool:
+        """End access and free ``ref``; False (ref kept) while still mapped."""
+        if not self.end_foreign_access_ref(ref):
+            return False
+        self._free.append(ref)
+        return True
