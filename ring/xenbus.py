@@ -52,7 +52,7 @@ Worked example (vbd, happy path)::
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -65,9 +65,11 @@ __all__ = [
     "Transition",
     "XenbusDevice",
     "XenbusState",
+    "describe_transition",
     "parse_state",
     "render_handshake",
     "render_table",
+    "render_trace",
 ]
 
 DeviceKind = Literal["vbd", "vif", "console"]
@@ -532,14 +534,26 @@ def _header(kind: DeviceKind, width: int) -> list[str]:
     return [f"{title:<{width}} | backend ({kind})", "-" * width + "-+-" + "-" * width]
 
 
-def render_table(kind: DeviceKind, width: int = 60) -> str:
+def _two_columns(kind: DeviceKind, rows: Sequence[tuple[str, str]], width: int | None) -> str:
+    """Lay ``(left, right)`` rows out under the frontend | backend header.
+
+    ``width`` defaults to the longest left-hand text, so columns always line up.
+    """
+    if width is None:
+        width = max([len(f"frontend ({kind})"), *(len(a) for a, _ in rows)])
+    lines = _header(kind, width)
+    lines.extend(f"{a:<{width}} | {b}".rstrip() for a, b in rows)
+    return "\n".join(lines)
+
+
+def render_table(kind: DeviceKind, width: int | None = None) -> str:
     """The rules of one device kind as a two-column (frontend | backend) text table.
 
     Rows that change nothing (ignored events) are left out.
 
     Args:
         kind: ``"vbd"``, ``"vif"`` or ``"console"``.
-        width: column width in characters.
+        width: left column width in characters (default: fit the longest rule).
 
     Returns:
         Printable text.
@@ -555,12 +569,10 @@ def render_table(kind: DeviceKind, width: int = 60) -> str:
         return out
 
     left, right = rows("frontend"), rows("backend")
-    lines = _header(kind, width)
-    for i in range(max(len(left), len(right))):
-        a = left[i] if i < len(left) else ""
-        b = right[i] if i < len(right) else ""
-        lines.append(f"{a:<{width}} | {b}")
-    return "\n".join(lines)
+    n = max(len(left), len(right))
+    left += [""] * (n - len(left))
+    right += [""] * (n - len(right))
+    return _two_columns(kind, list(zip(left, right)), width)
 
 
 def simulate_handshake(kind: DeviceKind) -> list[tuple[Role, Transition]]:
@@ -603,20 +615,42 @@ def simulate_handshake(kind: DeviceKind) -> list[tuple[Role, Transition]]:
     return trace
 
 
-def render_handshake(kind: DeviceKind, width: int = 52) -> str:
-    """A two-column sequence diagram of :func:`simulate_handshake` for ``kind``.
+def describe_transition(t: Transition) -> str:
+    """One line for a transition: the rule, then the writes it makes."""
+    text = t.rule.describe()
+    if t.writes:
+        text += " " + ", ".join(f"{k}={v}" for k, v in t.writes)
+    return text
+
+
+def render_trace(kind: DeviceKind, trace: Sequence[tuple[Role, Transition]],
+                 width: int | None = None) -> str:
+    """A two-column sequence diagram of transitions that happened, in order.
+
+    Use it to print a real driver pair's history the same way
+    :func:`render_handshake` prints the table's own run.
 
     Args:
-        kind: the device kind.
-        width: column width.
+        kind: the device kind (for the header).
+        trace: ``(role, transition)`` pairs in the order they happened.
+        width: left column width (default: fit the longest frontend line).
 
     Returns:
         Printable text, one transition per line.
     """
-    lines = _header(kind, width)
-    for role, t in simulate_handshake(kind):
-        text = t.rule.describe()
-        if t.writes:
-            text += " " + ", ".join(f"{k}={v}" for k, v in t.writes)
-        lines.append(f"{text:<{width}} |" if role == "frontend" else f"{'':<{width}} | {text}")
-    return "\n".join(lines)
+    rows = [(describe_transition(t), "") if role == "frontend" else ("", describe_transition(t))
+            for role, t in trace]
+    return _two_columns(kind, rows, width)
+
+
+def render_handshake(kind: DeviceKind, width: int | None = None) -> str:
+    """A two-column sequence diagram of :func:`simulate_handshake` for ``kind``.
+
+    Args:
+        kind: the device kind.
+        width: left column width (default: fit the longest frontend line).
+
+    Returns:
+        Printable text, one transition per line.
+    """
+    return render_trace(kind, simulate_handshake(kind), width)
