@@ -261,6 +261,7 @@ class XenStoreClient(_Ops):
         self._transport = transport
         self._ids = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
+        self._abandoned: set[int] = set()  # req_ids of cancelled requests
         self._watches: dict[bytes, Watch] = {}
         self._tokens = itertools.count(1)
         self._send_lock = trio.Lock()
@@ -278,6 +279,8 @@ class XenStoreClient(_Ops):
             await waiter.done.wait()
         finally:
             self._waiters.pop(req_id, None)
+            if waiter.reply is None:  # cancelled: its reply may still come; ignore it then
+                self._abandoned.add(req_id)
         reply = waiter.reply
         if isinstance(reply, BaseException):
             raise reply
@@ -318,6 +321,9 @@ class XenStoreClient(_Ops):
             if watch is not None:  # events for a just-removed watch are normal
                 watch._push(items[0].decode("ascii", "replace"))
             return
+        if msg.req_id in self._abandoned:
+            self._abandoned.discard(msg.req_id)
+            return
         waiter = self._waiters.get(msg.req_id)
         if waiter is None or waiter.reply is not None:
             raise XenStoreProtocolError(f"reply with unknown req_id {msg.req_id}")
@@ -354,7 +360,10 @@ class XenStoreClient(_Ops):
         Raises:
             XenStoreError: ``EAGAIN`` if the commit conflicted (retry it all).
         """
-        tx_id_raw = await self._request(XsType.TRANSACTION_START, 0, b"\0")
+        # Not cancellable: a transaction whose id we never learned could never
+        # be ended, and would leak in the daemon (the daemon always answers).
+        with trio.CancelScope(shield=True):
+            tx_id_raw = await self._request(XsType.TRANSACTION_START, 0, b"\0")
         items = _strings(tx_id_raw)
         if len(items) != 1 or not items[0].isdigit():
             raise XenStoreProtocolError(f"bad transaction id {tx_id_raw!r}")

@@ -49,3 +49,11 @@ def _socket_is_live(path: str) -> bool:
         except OSError:
             return False
         return True
+
+
+@verb("demo", "boot a host, run two example guests, show `xl list`, shut them down")
+def demo(args: argparse.Namespace) -> int:
+    """Run :mod:`dom0.demo`."""
+    from dom0.demo import main
+
+    return main()

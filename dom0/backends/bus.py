@@ -1,0 +1,546 @@
+"""dom0's backend bus: one backend driver instance per device, one lifecycle for all.
+
+Theory of operation
+-------------------
+The toolstack creates a device by writing two directories (xen-abi 5.2): the
+backend dir ``/local/domain/0/backend/<type>/<D>/<V>`` (dom0-owned, read-only
+to the guest) and the frontend dir ``/local/domain/<D>/device/<type>/<V>``
+(guest-owned). The bus holds ONE watch per registered device type on
+``backend/<type>`` under dom0's home. A watch event names the path that
+changed, so the bus finds the device ``(D, V)`` from the path alone - O(1)
+per event, no scan of every device:
+
+* an unknown device is *probed* (its ``state``, ``frontend`` and
+  ``frontend-id`` read) and, if its own state reads Initialising (1), a
+  driver instance is created (Linux ``xenbus_probe_backend``);
+* a known device is *kicked*: its runner wakes and re-reads what it needs.
+
+Each device has one runner task, which owns a nursery (for ring workers),
+the device's :class:`~ring.xenbus.XenbusDevice` state machine and a watch
+on the frontend's ``state``. Watch events only set a flag (:class:`Kick`),
+so any number of events between two wake-ups cost one pass: a guest that
+rewrites its ``state`` thousands of times gets at most one transition per
+pass, and its ring worker starts exactly once per ``CONNECT`` and stops
+exactly once per ``DISCONNECT`` (the table makes a repeated Connected a
+no-op). If the client-side watch queue ever overflowed (``Watch.dropped``),
+the bus rescans every device of that type once, so no new device is lost.
+
+Lifecycle every backend shares (the table in :mod:`ring.xenbus` decides
+when each hook runs)::
+
+    probe()       PUBLISH_FEATURES: write feature keys        -> InitWait (2)
+    map_ring()    MAP_RING: read the frontend's ring keys, map, bind
+    connect()     CONNECT: publish details, start_worker(...)  -> Connected (4)
+    disconnect()  DISCONNECT: stop the worker; the base class then unmaps every
+                  grant and closes every port it handed out (idempotent)
+    remove()      UNREGISTER: last words; the instance is dropped
+
+A hook that fails because of the guest (:class:`~ring.errors.PeerProtocolError`,
+a grant that does not map, a port that does not bind, a missing key) makes
+the device ``fatal()`` (Closing): that device only; every other device and
+dom0 carry on. The toolstack's detach (``online = 0``, ``state = 5``) and a
+vanished frontend (state reads Unknown) follow the same table; a vanished
+*backend* directory (forced removal) disconnects and unregisters at once.
+
+Adding a driver is registering a class::
+
+    @register_backend
+    class BlkBack(Backend):
+        kind = "vbd"
+        async def probe(self): await self.write("feature-flush-cache", "1")
+        async def map_ring(self): ...
+        async def connect(self): self.start_worker(self._serve)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import trio
+
+from domu.evtchn import EventDispatcher, PortWaiter
+from domu.xenstore import XenStoreClient, XenStoreError, XenStoreProtocolError
+from hypervisor.errno import XenError
+from hypervisor.grant_table import GNTST_okay
+from hypervisor.hypercall import HypercallInterface
+from hypervisor.types import DomId, Port
+from ring.errors import PeerProtocolError
+from ring.xenbus import Action, IllegalTransition, LocalEvent, Transition, XenbusDevice
+
+__all__ = [
+    "BACKEND_DRIVERS",
+    "Backend",
+    "BackendBus",
+    "BackendDevice",
+    "Kick",
+    "register_backend",
+]
+
+_log = logging.getLogger("xensim.dom0.backends")
+
+BACKEND_DRIVERS: dict[str, type[Backend]] = {}
+"""The default registry: device type -> backend driver class."""
+
+PEER_ERRORS = (PeerProtocolError, XenError, XenStoreError)
+"""Failures a guest can cause in a hook; they make the device fatal, nothing else."""
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Class decorator: make ``cls`` the default backend for ``cls.kind``.
+
+    Raises:
+        ValueError: another class already serves that type (a wiring bug).
+    """
+    if BACKEND_DRIVERS.get(cls.kind, cls) is not cls:
+        raise ValueError(f"a backend for {cls.kind!r} is already registered")
+    BACKEND_DRIVERS[cls.kind] = cls
+    return cls
+
+
+class Kick:
+    """A re-armable wake-up flag: many :meth:`set` calls, one wake (coalescing)."""
+
+    __slots__ = ("_event", "count")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self.count = 0
+
+    def set(self) -> None:
+        """Request a pass (cheap; idempotent until the waiter runs)."""
+        self.count += 1
+        self._event.set()
+
+    async def wait(self) -> None:
+        """Return once :meth:`set` was called since the last wait returned."""
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+@dataclass(frozen=True)
+class BackendDevice:
+    """Identity of one device, derived from dom0-owned paths only.
+
+    Attributes:
+        kind: device type (``"vbd"``, ``"vif"``, ``"console"``).
+        frontend_id: the guest's domid (from the backend path, not from a key
+            the guest could write).
+        devid: the device id.
+        backend_path: ``/local/domain/0/backend/<kind>/<D>/<V>``.
+        frontend_path: ``/local/domain/<D>/device/<kind>/<V>`` (checked).
+    """
+
+    kind: str
+    frontend_id: DomId
+    devid: int
+    backend_path: str
+    frontend_path: str
+
+
+class Backend:
+    """Base class of every backend driver (blkback, netback, consoleback...).
+
+    Subclasses set :attr:`kind` and override the hooks; they acquire grants
+    and ports through :meth:`map_grant` / :meth:`bind_port` so the base class
+    can release them in :meth:`disconnect` whatever happened.
+
+    Args:
+        dev: which device (trusted identity).
+        xs: dom0's xenstore client.
+        hc: dom0's hypercall interface.
+        events: dom0's event dispatcher.
+
+    Attributes:
+        workers_started / workers_stopped: ring-worker starts and stops.
+        errors: hooks that failed because of the peer.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, dev: BackendDevice, xs: XenStoreClient, hc: HypercallInterface,
+                 events: EventDispatcher) -> None:
+        self.dev = dev
+        self.xs = xs
+        self.hc = hc
+        self.events = events
+        self.workers_started = 0
+        self.workers_stopped = 0
+        self.errors = 0
+        self.worker_failed = False
+        self._nursery: trio.Nursery | None = None
+        self._worker: trio.CancelScope | None = None
+        self._worker_done: trio.Event | None = None
+        self._grants: list[int] = []
+        self._ports: list[Port] = []
+
+    # -- hooks (override) ------------------------------------------------------------------
+
+    async def probe(self) -> None:
+        """PUBLISH_FEATURES: write this backend's feature keys (default: none)."""
+
+    async def map_ring(self) -> None:
+        """MAP_RING: read the frontend's ring keys, map the ring, bind the port."""
+
+    async def connect(self) -> None:
+        """CONNECT: publish device details and start serving (:meth:`start_worker`)."""
+
+    async def disconnect(self) -> None:
+        """DISCONNECT: stop serving and release everything (idempotent).
+
+        Overrides must call ``await super().disconnect()`` last.
+        """
+        await self.stop_worker()
+        self.release_resources()
+
+    async def remove(self) -> None:
+        """UNREGISTER: the instance is about to be dropped (default: nothing)."""
+
+    # -- helpers for subclasses ---------------------------------------------------------------
+
+    async def read_frontend(self, key: str) -> bytes | None:
+        """A key of the frontend dir (guest-controlled), or None if absent."""
+        return await _read_or_none(self.xs, f"{self.dev.frontend_path}/{key}")
+
+    async def read(self, key: str) -> bytes | None:
+        """A key of the own (backend) dir, or None if absent."""
+        return await _read_or_none(self.xs, f"{self.dev.backend_path}/{key}")
+
+    async def write(self, key: str, value: str | bytes) -> None:
+        """Write a key of the own (backend) dir."""
+        await self.xs.write(f"{self.dev.backend_path}/{key}", value)
+
+    def map_grant(self, ref: int, readonly: bool = False) -> memoryview:
+        """Map the frontend's grant ``ref``; unmapped by :meth:`release_resources`.
+
+        Raises:
+            PeerProtocolError: the grant does not map (wrong domid, bad ref...).
+        """
+        res = self.hc.grant_map_one(self.dev.frontend_id, ref, readonly)
+        if res.status != GNTST_okay or res.view is None:
+            raise PeerProtocolError(f"grant ref {ref} of d{self.dev.frontend_id}: "
+                                    f"GNTST {res.status}")
+        self._grants.append(res.handle)
+        return res.view
+
+    def bind_port(self, remote_port: int, handler: Callable[[int], None]) -> Port:
+        """Bind the frontend's unbound ``remote_port``; closed by :meth:`release_resources`.
+
+        Raises:
+            PeerProtocolError: the port does not bind.
+        """
+        try:
+            port = self.hc.evtchn_bind_interdomain(self.dev.frontend_id, remote_port)
+        except XenError as exc:
+            raise PeerProtocolError(f"event channel {remote_port}: {exc}") from None
+        self._ports.append(port)
+        self.events.bind(port, handler)
+        return port
+
+    def bind_port_waiter(self, remote_port: int) -> tuple[Port, PortWaiter]:
+        """:meth:`bind_port` with a :class:`PortWaiter` as the handler."""
+        waiter = PortWaiter()
+        return self.bind_port(remote_port, waiter.notify), waiter
+
+    def release_resources(self) -> None:
+        """Close every port and unmap every grant handed out (idempotent)."""
+        while self._ports:
+            port = self._ports.pop()
+            self.events.unbind(port)
+            with contextlib.suppress(XenError):
+                self.hc.evtchn_close(port)
+        while self._grants:
+            self.hc.grant_unmap_one(self._grants.pop())
+
+    def start_worker(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn`` (the ring worker) until :meth:`stop_worker`.
+
+        A worker that raises a peer error marks the device fatal.
+
+        Raises:
+            RuntimeError: a worker is already running (a driver bug).
+        """
+        if self._worker is not None:
+            raise RuntimeError(f"{self.dev.backend_path}: worker already running")
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        done = trio.Event()
+        self._worker, self._worker_done = scope, done
+        self.workers_started += 1
+
+        async def run() -> None:
+            try:
+                with scope:
+                    await fn()
+            except PEER_ERRORS as exc:
+                self.errors += 1
+                self.worker_failed = True
+                _log.info("%s: worker stopped: %s", self.dev.backend_path, exc)
+                self._fatal_from_worker()
+            finally:
+                self.workers_stopped += 1
+                done.set()
+
+        self._nursery.start_soon(run)
+
+    async def stop_worker(self) -> None:
+        """Cancel the ring worker and wait until it has stopped (idempotent)."""
+        scope, done = self._worker, self._worker_done
+        self._worker = self._worker_done = None
+        if scope is not None and done is not None:
+            scope.cancel()
+            await done.wait()
+
+    _fatal_from_worker: Callable[[], None] = lambda self: None  # set by the runner
+
+
+async def _read_or_none(xs: XenStoreClient, path: str) -> bytes | None:
+    try:
+        return await xs.read(path)
+    except XenStoreError as exc:
+        if exc.name in ("ENOENT", "EACCES"):
+            return None
+        raise
+
+
+class _DeviceRunner:
+    """The bus's record of one live device: its kick, instance and state machine."""
+
+    def __init__(self, dev: BackendDevice, instance: Backend, machine: XenbusDevice) -> None:
+        self.dev = dev
+        self.instance = instance
+        self.machine = machine
+        self.kick = Kick()
+        self.done = trio.Event()
+        self.passes = 0
+
+
+class BackendBus:
+    """Runs backend driver instances for every device of the registered types.
+
+    Args:
+        xs: dom0's (privileged) xenstore client.
+        hc: dom0's hypercall interface.
+        events: dom0's event dispatcher.
+        drivers: type -> driver class (default :data:`BACKEND_DRIVERS`).
+        domid: the backend domain (0).
+
+    Attributes:
+        devices: ``(kind, frontend domid, devid)`` -> live runner.
+        rescans: full rescans done after a watch queue overflow.
+    """
+
+    def __init__(self, xs: XenStoreClient, hc: HypercallInterface, events: EventDispatcher,
+                 drivers: Mapping[str, type[Backend]] | None = None, domid: int = 0) -> None:
+        self.xs = xs
+        self.hc = hc
+        self.events = events
+        self.drivers = dict(BACKEND_DRIVERS if drivers is None else drivers)
+        self.domid = domid
+        self.devices: dict[tuple[str, int, int], _DeviceRunner] = {}
+        self.rescans = 0
+        self._probing: set[tuple[str, int, int]] = set()
+        self._nursery: trio.Nursery | None = None
+
+    def base(self, kind: str) -> str:
+        """``/local/domain/<B>/backend/<kind>``."""
+        return f"/local/domain/{self.domid}/backend/{kind}"
+
+    def instance(self, kind: str, domid: int, devid: int) -> Backend | None:
+        """The live driver instance of a device, if any."""
+        r = self.devices.get((kind, domid, devid))
+        return r.instance if r is not None else None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        """The bus service: one watch per registered type; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for kind in self.drivers:
+                await nursery.start(self._watch_kind, kind)
+            task_status.started()
+
+    async def _watch_kind(self, kind: str, *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        base = self.base(kind)
+        async with self.xs.watch(base, token=f"backend-bus-{kind}") as watch:
+            task_status.started()
+            dropped = 0
+            async for path in watch:
+                if watch.dropped != dropped:
+                    dropped = watch.dropped
+                    self.rescans += 1
+                    await self._rescan(kind)
+                    continue
+                self._on_path(kind, base, path)
+
+    def _on_path(self, kind: str, base: str, path: str) -> None:
+        if not path.startswith(base + "/"):
+            return  # the registration event, or the type dir itself
+        parts = path[len(base) + 1:].split("/")
+        if not parts[0].isdigit():
+            return
+        domid = int(parts[0])
+        if len(parts) == 1:  # a whole domain's dir changed (created or removed)
+            for (k, d, _v), r in list(self.devices.items()):
+                if k == kind and d == domid:
+                    r.kick.set()
+            return
+        if not parts[1].isdigit():
+            return
+        self._touch(kind, domid, int(parts[1]))
+
+    def _touch(self, kind: str, domid: int, devid: int) -> None:
+        key = (kind, domid, devid)
+        runner = self.devices.get(key)
+        if runner is not None:
+            runner.kick.set()
+        elif key not in self._probing and self._nursery is not None:
+            self._probing.add(key)
+            self._nursery.start_soon(self._maybe_probe, key)
+
+    async def _rescan(self, kind: str) -> None:
+        base = self.base(kind)
+        try:
+            domids = await self.xs.directory(base)
+        except XenStoreError:
+            domids = []
+        for d in domids:
+            if not d.isdigit():
+                continue
+            try:
+                devids = await self.xs.directory(f"{base}/{d}")
+            except XenStoreError:
+                continue
+            for v in devids:
+                if v.isdigit():
+                    self._touch(kind, int(d), int(v))
+        for (k, _d, _v), r in list(self.devices.items()):
+            if k == kind:
+                r.kick.set()
+
+    async def _maybe_probe(self, key: tuple[str, int, int]) -> None:
+        """Probe a device the bus has not seen: only if its own state reads 1."""
+        kind, domid, devid = key
+        try:
+            bpath = f"{self.base(kind)}/{domid}/{devid}"
+            state = await _read_or_none(self.xs, f"{bpath}/state")
+            frontend = await _read_or_none(self.xs, f"{bpath}/frontend")
+            online = await _read_or_none(self.xs, f"{bpath}/online")
+        except (XenStoreError, XenStoreProtocolError):
+            self._probing.discard(key)
+            return
+        expected = f"/local/domain/{domid}/device/{kind}/{devid}"
+        if state != b"1" or frontend is None or frontend.decode("ascii", "replace") != expected:
+            # not ours to drive (e.g. the primary console's backend dir points at
+            # /local/domain/<D>/console and runs no handshake), or not fresh
+            self._probing.discard(key)
+            return
+        dev = BackendDevice(kind, DomId(domid), devid, bpath, expected)
+        instance = self.drivers[kind](dev, self.xs, self.hc, self.events)
+        machine = XenbusDevice(kind, "backend", online=online != b"0")  # type: ignore[arg-type]
+        runner = _DeviceRunner(dev, instance, machine)
+        self.devices[key] = runner
+        self._probing.discard(key)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_device, key, runner)
+
+    # -- one device ---------------------------------------------------------------------------
+
+    async def _run_device(self, key: tuple[str, int, int], runner: _DeviceRunner) -> None:
+        inst = runner.instance
+        try:
+            async with trio.open_nursery() as nursery:
+                inst._nursery = nursery
+                inst._fatal_from_worker = runner.kick.set  # type: ignore[method-assign]
+                nursery.start_soon(self._pump_frontend_state, runner)
+                await self._drive(runner)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await inst.stop_worker()
+                inst.release_resources()
+            self.devices.pop(key, None)
+            runner.done.set()
+
+    async def _pump_frontend_state(self, runner: _DeviceRunner) -> None:
+        path = f"{runner.dev.frontend_path}/state"
+        with contextlib.suppress(XenStoreProtocolError):
+            async with self.xs.watch(path) as watch:
+                async for _ in watch:
+                    watch.queue.clear()  # coalesce: one pass reads the latest value
+                    runner.kick.set()
+
+    async def _drive(self, runner: _DeviceRunner) -> None:
+        m = runner.machine
+        await self._apply(runner, m.probe())
+        while not m.removed:
+            await runner.kick.wait()
+            runner.passes += 1
+            inst = runner.instance
+            if inst.worker_failed:
+                inst.worker_failed = False
+                await self._fatal(runner)
+                continue
+            own_state = await _read_or_none(self.xs, f"{runner.dev.backend_path}/state")
+            if own_state is None:  # forced removal: the toolstack deleted our dir
+                await self._force_remove(runner)
+                return
+            if m.online:
+                online = await _read_or_none(self.xs, f"{runner.dev.backend_path}/online")
+                if online == b"0" and own_state == b"5":
+                    await self._apply(runner, m.toolstack_close())
+            front = await _read_or_none(self.xs, f"{runner.dev.frontend_path}/state")
+            try:
+                t = m.frontend_changed(front)
+            except IllegalTransition:
+                await self._fatal(runner)
+                continue
+            await self._apply(runner, t)
+
+    async def _apply(self, runner: _DeviceRunner, t: Transition) -> None:
+        inst = runner.instance
+        hooks = {
+            Action.PUBLISH_FEATURES: inst.probe,
+            Action.MAP_RING: inst.map_ring,
+            Action.CONNECT: inst.connect,
+            Action.DISCONNECT: inst.disconnect,
+            Action.UNREGISTER: inst.remove,
+        }
+        for action in t.actions:
+            hook = hooks.get(action)
+            if hook is None:
+                continue
+            try:
+                await hook()
+            except PEER_ERRORS as exc:
+                inst.errors += 1
+                _log.info("%s: %s failed: %s", runner.dev.backend_path, action, exc)
+                await inst.disconnect()
+                await self._fatal(runner)
+                return
+        for key, value in t.writes:
+            with contextlib.suppress(XenStoreError):
+                await self.xs.write(f"{runner.dev.backend_path}/{key}", value)
+
+    async def _fatal(self, runner: _DeviceRunner) -> None:
+        """``xenbus_dev_fatal``: this device goes to Closing; nothing else is touched."""
+        if runner.machine.lookup(LocalEvent.FATAL) is None:
+            return
+        await self._apply(runner, runner.machine.fatal())
+
+    async def _force_remove(self, runner: _DeviceRunner) -> None:
+        inst = runner.instance
+        if not runner.machine.removed:
+            await inst.disconnect()
+            await inst.remove()
+            runner.machine.removed = True
+
+    async def wait_removed(self, kind: str, domid: int, devid: int) -> None:
+        """Return once the device's instance is gone (callers bound it)."""
+        r = self.devices.get((kind, domid, devid))
+        if r is not None:
+            await r.done.wait()

@@ -1,0 +1,379 @@
+"""The Python entry point: boot a simulated Xen host and drive it.
+
+Usage (from ``trio.run`` or a pytest-trio test)::
+
+    from dom0.host import open_host
+    from dom0.toolstack.config import GuestConfig
+
+    async def main():
+        async with open_host() as host:
+            dom = await host.create(GuestConfig(name="web", kernel="examples.hello:main"))
+            print(host.format_list())                 # like `xl list`
+            print(dom.console.log().decode())         # what it printed so far
+            reason = await dom.wait()                 # until it is gone
+    trio.run(main)
+
+:func:`open_host` boots the hypervisor and dom0 (its kernel, xenstored,
+console daemon, backend bus and toolstack) inside a nursery and yields a
+:class:`Host`. Leaving the block destroys every guest and checks that every
+resource (frames, ports, grants, mappings, xenstore nodes and watches, trio
+tasks, open files) is back at its value right after boot; if not,
+:class:`LeakError` is raised with a readable diff.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import trio.testing
+
+from dom0.backends.bus import Backend
+from dom0.kernel import Dom0Kernel
+from dom0.toolstack.builder import (
+    SHUTDOWN_TIMEOUT,
+    DeviceRequest,
+    DomainRecord,
+    Toolstack,
+    load_program,
+)
+from dom0.toolstack.config import GuestConfig
+from domu.frontends.bus import Frontend
+from domu.kernel import GuestKernel
+from hypervisor.domain import ShutdownReason
+from hypervisor.hypervisor import Hypervisor
+
+__all__ = ["DomainConsole", "DomainHandle", "DomainRow", "Host", "LeakError", "open_host"]
+
+DEFAULT_MEMORY_MIB = 4096
+DEFAULT_DOM0_MIB = 1
+LIST_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
+VOLATILE_COUNTS = frozenset({"waiting_tasks"})
+"""Counts that legitimately differ at rest (a parked vCPU is not a leak)."""
+
+
+class LeakError(AssertionError):
+    """Resources are not back at their baseline; the message is the diff."""
+
+
+def diff_counts(before: Mapping[str, int], after: Mapping[str, int]) -> str:
+    """Human diff of two :meth:`Host.resource_counts` snapshots ('' if equal)."""
+    lines = []
+    for key in sorted(set(before) | set(after)):
+        if key in VOLATILE_COUNTS:
+            continue
+        b, a = before.get(key, 0), after.get(key, 0)
+        if a != b:
+            lines.append(f"  {key}: {b} -> {a} ({a - b:+d})")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class DomainRow:
+    """One ``xl list`` row."""
+
+    name: str
+    domid: int
+    mem_mib: int
+    vcpus: int
+    state: str
+    time: float
+
+    def format(self) -> str:
+        """xl's ``%-40s %5d %5lu %5d     %c%c%c%c%c%c  %8.1f``."""
+        return (f"{self.name:<40} {self.domid:5d} {self.mem_mib:5d} {self.vcpus:5d}     "
+                f"{self.state}  {self.time:8.1f}")
+
+
+class DomainConsole:
+    """A domain's primary console as dom0 sees it (``xl console``)."""
+
+    def __init__(self, host: Host, rec: DomainRecord) -> None:
+        self._host = host
+        self._rec = rec
+
+    def log(self) -> bytes:
+        """Everything the guest printed (kept after the domain is gone)."""
+        d = self._rec.domid
+        daemon = self._host.kernel.console
+        if d is not None and d in self._host.kernel.consoles:
+            return daemon.log(d)
+        return self._rec.final_console
+
+    def attach(self, *, replay: bool = True) -> Any:
+        """``async with dom.console.attach() as session``: live output and input.
+
+        ``async for chunk in session`` yields output; ``await
+        session.send(b"...")`` types into the guest.
+        """
+        return self._host.kernel.console.attach(self._rec.domid, replay=replay)
+
+    async def send(self, data: bytes | str) -> None:
+        """Type ``data`` into the guest's console."""
+        raw = data.encode() if isinstance(data, str) else data
+        async with self.attach(replay=False) as session:
+            await session.send(raw)
+
+    async def wait_for(self, needle: bytes | str, timeout: float = 10.0) -> bytes:
+        """Wait until the console log contains ``needle``; return the log.
+
+        Raises:
+            TimeoutError: not within ``timeout`` seconds (trio clock).
+        """
+        raw = needle.encode() if isinstance(needle, str) else needle
+        with trio.fail_after(timeout):
+            if raw in self.log():
+                return self.log()
+            async with self.attach(replay=False) as session:
+                if raw in self.log():
+                    return self.log()
+                async for _ in session:
+                    if raw in self.log():
+                        return self.log()
+            if raw in self.log():
+                return self.log()
+            raise TimeoutError(f"console ended without {raw!r}")
+
+
+class DomainHandle:
+    """A handle on one domain (one domid: a reboot makes a new one).
+
+    Attributes:
+        domid, name: identity.
+        console: its :class:`DomainConsole`.
+    """
+
+    def __init__(self, host: Host, rec: DomainRecord) -> None:
+        self._host = host
+        self.record = rec
+        self.domid = rec.domid
+        self.name = rec.name
+        self.console = DomainConsole(host, rec)
+
+    def __repr__(self) -> str:
+        return f"<DomainHandle d{self.domid} {self.name} {self.record.state}>"
+
+    @property
+    def state(self) -> str:
+        """``running`` / ``shutdown`` / ``dying`` / ``gone``."""
+        return self.record.state
+
+    @property
+    def shutdown_reason(self) -> ShutdownReason | None:
+        """The reason it shut down (None while it has not)."""
+        r = self.record.shutdown_reason
+        return ShutdownReason(r) if r is not None else None
+
+    async def wait(self) -> ShutdownReason | None:
+        """Wait until this domain is gone; return its shutdown reason (None if destroyed)."""
+        await self.record.gone.wait()
+        return self.shutdown_reason
+
+    async def wait_shutdown(self) -> ShutdownReason | None:
+        """Wait until the domain has shut down (or is gone); return the reason."""
+        await self.record.shut.wait()
+        return self.shutdown_reason
+
+    async def shutdown(self, reason: str = "poweroff", *, wait: bool = True,
+                       timeout: float = SHUTDOWN_TIMEOUT) -> None:
+        """Ask the guest to shut down (``control/shutdown``); see :meth:`Toolstack.shutdown`."""
+        await self._host.toolstack.shutdown(self.record, reason, wait=wait, timeout=timeout)
+
+    async def reboot(self, *, timeout: float = SHUTDOWN_TIMEOUT) -> DomainHandle | None:
+        """Reboot: returns the handle of the new domain (new domid, same name), if any."""
+        await self.shutdown("reboot", timeout=timeout)
+        succ = self.record.successor
+        return DomainHandle(self._host, succ) if succ is not None else None
+
+    async def destroy(self) -> None:
+        """Destroy it now (``xl destroy``)."""
+        await self._host.toolstack.destroy(self.record)
+
+    def successor(self) -> DomainHandle | None:
+        """The domain a restart created from this one, if any."""
+        succ = self.record.successor
+        return DomainHandle(self._host, succ) if succ is not None else None
+
+
+class Host:
+    """A booted simulated host (made by :func:`open_host`).
+
+    Attributes:
+        hv: the hypervisor.
+        kernel: dom0's kernel.
+        toolstack: dom0's toolstack.
+        guest_kernels: domid -> guest kernel (for tests and introspection).
+    """
+
+    def __init__(self, hv: Hypervisor, kernel: Dom0Kernel, toolstack: Toolstack,
+                 nursery: trio.Nursery) -> None:
+        self.hv = hv
+        self.kernel = kernel
+        self.toolstack = toolstack
+        self.guest_kernels: dict[int, GuestKernel] = {}
+        self._nursery = nursery
+        self.baseline: dict[str, int] = {}
+
+    async def create(self, config: GuestConfig, *,
+                     devices: list[DeviceRequest] | None = None) -> DomainHandle:
+        """Create a guest and return once it is running (booted).
+
+        Raises:
+            ConfigError, XenError, CreateAborted, TimeoutError: see
+                :meth:`Toolstack.create`; nothing is left behind.
+        """
+        rec = await self.toolstack.create(config, devices=devices)
+        return DomainHandle(self, rec)
+
+    async def create_program(self, program: str | Callable[..., Awaitable[None]],
+                             name: str, **config: Any) -> DomainHandle:
+        """Shorthand: a guest running ``program`` with otherwise default config."""
+        return await self.create(GuestConfig(name=name, kernel=program, **config))
+
+    def domain(self, name_or_id: str | int) -> DomainHandle:
+        """The live domain with that name or domid.
+
+        Raises:
+            KeyError: none.
+        """
+        for rec in self.toolstack.records.values():
+            if rec.state == "gone":
+                continue
+            if rec.domid == name_or_id or rec.name == name_or_id:
+                return DomainHandle(self, rec)
+        raise KeyError(f"no domain {name_or_id!r}")
+
+    async def destroy(self, dom: DomainHandle | str | int) -> None:
+        """Destroy a domain (handle, name or domid)."""
+        handle = dom if isinstance(dom, DomainHandle) else self.domain(dom)
+        await handle.destroy()
+
+    def list(self) -> list[DomainRow]:
+        """``xl list`` rows, dom0 first."""
+        rows = []
+        for info in self.kernel.hc.sysctl_getdomaininfolist():
+            rec = self.toolstack.records.get(info.domid)
+            name = "Domain-0" if info.domid == 0 else (rec.name if rec else info.name)
+            rows.append(DomainRow(name, info.domid, info.tot_pages * 4 // 1024,
+                                  info.nr_online_vcpus, info.xl_state(), info.cpu_time / 1e9))
+        return rows
+
+    def format_list(self) -> str:
+        """The ``xl list`` text: header and one row per domain."""
+        return "\n".join([LIST_HEADER, *(r.format() for r in self.list())])
+
+    def resource_counts(self) -> dict[str, int]:
+        """Everything that could leak: hypervisor tables, xenstore, tasks, files."""
+        counts = dict(self.hv.resource_counts())
+        xs = self.kernel.xenstored.stats()
+        for key in ("nodes", "watches", "connections", "transactions", "domains"):
+            counts[f"xenstore_{key}"] = xs[key]
+        counts["console_domains"] = len(self.kernel.console.domains())
+        counts["backend_devices"] = len(self.kernel.backends.devices)
+        counts["toolstack_records"] = len(self.toolstack.records)
+        counts["tasks"] = _count_tasks(self._nursery)
+        counts["open_fds"] = _open_fds()
+        return counts
+
+    def check_leaks(self) -> None:
+        """Raise :class:`LeakError` unless every count is back at the baseline."""
+        diff = diff_counts(self.baseline, self.resource_counts())
+        if diff:
+            raise LeakError("resources not back at baseline:\n" + diff)
+
+    async def settle(self) -> None:
+        """Let every task that can run, run (tests: before a leak check)."""
+        await trio.testing.wait_all_tasks_blocked()
+
+
+def _count_tasks(nursery: trio.Nursery) -> int:
+    n = 0
+    stack = list(nursery.child_tasks)
+    while stack:
+        task = stack.pop()
+        n += 1
+        for child in task.child_nurseries:
+            stack.extend(child.child_tasks)
+    return n
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux
+        return 0
+
+
+@asynccontextmanager
+async def open_host(*, memory_mib: int = DEFAULT_MEMORY_MIB, dom0_mib: int = DEFAULT_DOM0_MIB,
+                    xenstore_socket: str | None = None,
+                    backend_drivers: Mapping[str, type[Backend]] | None = None,
+                    frontend_drivers: Mapping[str, type[Frontend]] | None = None,
+                    check_leaks: bool = True) -> AsyncIterator[Host]:
+    """Boot a host: the hypervisor, dom0 and its services; yield a :class:`Host`.
+
+    Args:
+        memory_mib: machine memory (lazily backed: costs only what is used).
+        dom0_mib: dom0's RAM.
+        xenstore_socket: also serve xenstored on this Unix socket (for
+            ``XENSTORED_PATH=... xenstore-ls``).
+        backend_drivers / frontend_drivers: device type -> driver class
+            (default: the registries in :mod:`dom0.backends.bus` and
+            :mod:`domu.frontends.bus`).
+        check_leaks: on a clean exit, raise :class:`LeakError` if anything
+            is not back at its post-boot value.
+
+    Raises:
+        LeakError: see ``check_leaks``.
+    """
+    hv = Hypervisor(memory_bytes=memory_mib << 20, dom0_pages=dom0_mib * 256)
+    kernel = Dom0Kernel(hv.interface(0), backend_drivers=backend_drivers,
+                        xenstore_socket=xenstore_socket)
+    host_box: list[Host] = []
+
+    def launcher(rec: DomainRecord) -> Callable[[], Awaitable[None]]:
+        assert rec.domid is not None
+        domid = rec.domid
+        gk = GuestKernel(hv.interface(domid), load_program(rec.config.kernel),
+                         frontend_drivers=frontend_drivers, on_booted=rec.booted.set)
+        host_box[0].guest_kernels[domid] = gk
+
+        async def run() -> None:
+            try:
+                await gk.run()
+            finally:
+                host_box[0].guest_kernels.pop(domid, None)
+        return run
+
+    toolstack = Toolstack(kernel, launcher)
+    leak = ""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(kernel.run)
+        await nursery.start(toolstack.run)
+        host = Host(hv, kernel, toolstack, nursery)
+        host_box.append(host)
+        await trio.testing.wait_all_tasks_blocked()
+        host.baseline = host.resource_counts()
+        clean = False
+        try:
+            yield host
+            clean = True
+        finally:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(SHUTDOWN_TIMEOUT):
+                    await toolstack.destroy_all()
+                if clean and check_leaks:
+                    await trio.testing.wait_all_tasks_blocked()
+                    leak = diff_counts(host.baseline, host.resource_counts())
+                with trio.move_on_after(SHUTDOWN_TIMEOUT) as stopping:
+                    toolstack.stop()
+                    await toolstack.stopped.wait()
+                    kernel.stop()
+            if stopping.cancelled_caught:
+                nursery.cancel_scope.cancel()
+    if leak:
+        raise LeakError("resources not back at baseline after the host shut down:\n" + leak)
