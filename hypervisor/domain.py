@@ -28,8 +28,10 @@ from __future__ import annotations
 import enum
 import struct
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hypervisor.errno import Errno, XenError
 from hypervisor.event_channel import DEFAULT_MAX_PORT, EvtchnTable
@@ -40,6 +42,7 @@ from hypervisor.grant_table import (
     Maptrack,
 )
 from hypervisor.memory import P2M, GuestMemory, MachineMemory
+from hypervisor.sched import RunState
 from hypervisor.types import (
     DOMID_FIRST_RESERVED,
     PAGE_SHIFT,
@@ -48,6 +51,9 @@ from hypervisor.types import (
     Mfn,
 )
 from hypervisor.vcpu import VCpu
+
+if TYPE_CHECKING:
+    from hypervisor.sched import Scheduler
 
 MAX_PAUSE_COUNT = 255
 
@@ -173,6 +179,11 @@ class DomainConfig:
         privileged: control-domain privileges (only dom0 at boot by default).
         uuid: domain handle; random if None.
         cmdline: guest kernel command line for start_info.
+        weight: credit scheduler weight, 1..65535 (xl.cfg ``cpu_weight``).
+        cap: credit cap in % of one pCPU, 0 = none, at most 100 * max_vcpus
+            (xl.cfg ``cap``).
+        cpus: every vCPU's hard affinity (xl.cfg ``cpus``): ``"0-1,3"``,
+            ``"all"``, pCPU numbers, or ``None`` for all pCPUs.
     """
 
     name: str = ""
@@ -186,6 +197,9 @@ class DomainConfig:
     privileged: bool = False
     uuid: uuidlib.UUID | None = None
     cmdline: str = ""
+    weight: int = 256
+    cap: int = 0
+    cpus: str | Sequence[int] | None = None
 
 
 class Domain:
@@ -221,6 +235,9 @@ class Domain:
         self.deferred_frames = 0
         self.pollers = 0
         self.runnable = False
+        self._sched: Scheduler | None = None
+        self.stats: defaultdict[str, int] = defaultdict(int)
+        """Its statistics counters (the hypervisor installs its Statistics table here)."""
         self.start_info = StartInfo(
             nr_pages=0,
             shared_info=self.shared_info_mfn << PAGE_SHIFT,
@@ -233,10 +250,45 @@ class Domain:
         """Pages of RAM currently populated."""
         return self.p2m.populated
 
+    # -- the CPU scheduler ------------------------------------------------------------------
+
+    def attach_scheduler(self, sched: Scheduler) -> None:
+        """Called once the scheduler knows this domain and its vCPUs (by SchedOps).
+
+        From now on the scheduler's pause state follows :attr:`runnable`.
+        """
+        self._sched = sched
+        if not self.runnable:
+            sched.pause_domain(self.domid)
+
+    def detach_scheduler(self) -> None:
+        """Called after the scheduler forgot this domain (destruction)."""
+        self._sched = None
+
+    @property
+    def sched_attached(self) -> bool:
+        """True while the domain is registered with the CPU scheduler."""
+        return self._sched is not None
+
+    @property
+    def cpu_time_ns(self) -> int:
+        """CPU time its vCPUs have had on pCPUs, in ns (``xl list`` Time(s))."""
+        return sum(v.sched.cpu_time_ns for v in self.vcpus)
+
     def _update_runnable(self) -> None:
+        """Recompute :attr:`runnable`; pause/unpause in the scheduler on a change."""
         was = self.runnable
-        self.runnable = not (self.pause_count or self.is_shut_down or self.dying)
-        if self.runnable and not was:
+        now = not (self.pause_count or self.is_shut_down or self.dying)
+        if now == was:
+            return
+        self.runnable = now
+        sched = self._sched
+        if sched is not None:
+            if now:
+                sched.unpause_domain(self.domid)
+            else:
+                sched.pause_domain(self.domid)
+        if now:
             for v in self.vcpus:
                 v.kick()
 
@@ -298,8 +350,17 @@ class Domain:
             return DomainState.BLOCKED
         return DomainState.RUNNING
 
-    def info(self) -> DomainInfo:
-        """getdomaininfo, flags per xen-abi 11.1."""
+    def info(self, calling: bool = False) -> DomainInfo:
+        """getdomaininfo, flags per xen-abi 11.1.
+
+        ``blocked``: every vCPU waits in SCHEDOP_block/poll and wants no CPU.
+        ``running``: some vCPU is on a pCPU now -- or the domain is the one
+        asking (``calling``), whose vCPU is running the hypercall (why
+        ``xl list`` always shows dom0 as ``r``).
+
+        Args:
+            calling: this domain is making the getdomaininfo call.
+        """
         flags = 0
         if self.dying:
             flags |= XEN_DOMINF_dying
@@ -309,14 +370,15 @@ class Domain:
         if self.pause_count:
             flags |= XEN_DOMINF_paused
         if not self.dying:
-            if all(v.is_blocked for v in self.vcpus):
-                flags |= XEN_DOMINF_blocked
-            elif self.runnable:
+            if calling or any(v.sched.is_running for v in self.vcpus):
                 flags |= XEN_DOMINF_running
+            elif all(v.is_blocked and v.sched.runstate == RunState.BLOCKED for v in self.vcpus):
+                flags |= XEN_DOMINF_blocked
         return DomainInfo(
             domid=self.domid, flags=flags, tot_pages=self.tot_pages, max_pages=self.max_pages,
             shared_info_frame=self.shared_info_mfn, nr_online_vcpus=len(self.vcpus),
             max_vcpu_id=len(self.vcpus) - 1, handle=self.uuid, name=self.name,
+            cpu_time=self.cpu_time_ns,
         )
 
 

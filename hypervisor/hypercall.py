@@ -22,6 +22,10 @@ one place that converts it into a C-style ``-errno``. Async sub-commands
 A guest holds only a :class:`HypercallInterface` bound to its own domain:
 Pythonic methods (``evtchn_send(port)``, ``grant_map(...)``,
 ``sched_block()``...) that all funnel into :meth:`HypercallInterface.call`.
+Two methods are not hypercalls: :meth:`HypercallInterface.compute` (the
+guest *uses* CPU: it waits until the scheduler has run its vCPU that long)
+and :meth:`HypercallInterface.system_time_ns` (reading Xen system time, which
+a real guest does from shared memory).
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from typing import TYPE_CHECKING, Any
 from hypervisor import event_channel as ev
 from hypervisor import grant_table as gt
 from hypervisor import memory_op as mo
+from hypervisor import sched_ops as so
 from hypervisor.errno import Errno, XenError
+from hypervisor.sched import VcpuGoneError
 from hypervisor.types import DOMID_SELF, DomId, Gfn, GrantHandle, GrantRef, Port
 from hypervisor.vcpu import DomainDestroyed
 
@@ -44,10 +50,12 @@ if TYPE_CHECKING:
     from hypervisor.event_channel import EvtchnStatus
     from hypervisor.hypervisor import Hypervisor
     from hypervisor.memory import GuestMemory
+    from hypervisor.sched import PcpuInfo, VcpuInfo
 
 # __HYPERVISOR_* numbers (xen.h)
 HYPERVISOR_mmu_update = 1
 HYPERVISOR_memory_op = 12
+HYPERVISOR_set_timer_op = 15
 HYPERVISOR_xen_version = 17
 HYPERVISOR_console_io = 18
 HYPERVISOR_grant_table_op = 20
@@ -72,10 +80,17 @@ XEN_DOMCTL_destroydomain = 2
 XEN_DOMCTL_pausedomain = 3
 XEN_DOMCTL_unpausedomain = 4
 XEN_DOMCTL_getdomaininfo = 5
+XEN_DOMCTL_setvcpuaffinity = 9
 XEN_DOMCTL_max_mem = 11
+XEN_DOMCTL_scheduler_op = 16
+XEN_DOMCTL_getvcpuaffinity = 25
 XEN_DOMCTL_resumedomain = 27
 XEN_DOMCTL_sim_setstartinfo = 0x1000  # simulation only: libxc writes start_info itself
+XEN_SYSCTL_physinfo = 3
 XEN_SYSCTL_getdomaininfolist = 6
+XEN_SYSCTL_getcpuinfo = 8
+XEN_SYSCTL_sim_vcpu_list = 0x1000  # simulation only: libxl asks getvcpuinfo per vCPU
+SET_TIMER_OP = 0  # set_timer_op has no sub-command; the table's key uses 0
 MMU_SIM_map_foreign = 0  # simulation stand-in for privcmd foreign mapping
 
 
@@ -119,7 +134,7 @@ class HypercallEntry:
 
 def build_table(hv: Hypervisor) -> dict[tuple[int, int], HypercallEntry]:
     """The hypercall table of ``hv`` (the single source of truth)."""
-    e, g, m = hv.evtchn, hv.gnttab, hv.memory_ops
+    e, g, m, sc = hv.evtchn, hv.gnttab, hv.memory_ops, hv.sched_ops
     A, S, P = Priv.ANY, Priv.SELF_OR_PRIV, Priv.PRIV
     Row = tuple[int, str, Callable[..., Any], Priv, int | None, bool]
     rows: list[tuple[int, str, list[Row]]] = [
@@ -135,6 +150,8 @@ def build_table(hv: Hypervisor) -> dict[tuple[int, int], HypercallEntry]:
             (mo.XENMEM_maximum_reservation, "maximum_reservation", m.maximum_reservation,
              S, 0, False),
             (mo.XENMEM_populate_physmap, "populate_physmap", m.populate_physmap, S, 0, False)]),
+        (HYPERVISOR_set_timer_op, "set_timer_op", [
+            (SET_TIMER_OP, "set", sc.set_timer_op, A, None, False)]),
         (HYPERVISOR_xen_version, "xen_version", [(0, "version", hv.xen_version, A, None, False)]),
         (HYPERVISOR_console_io, "console_io", [
             (CONSOLEIO_write, "write", hv.console_write, A, None, False),
@@ -165,15 +182,21 @@ def build_table(hv: Hypervisor) -> dict[tuple[int, int], HypercallEntry]:
             (ev.EVTCHNOP_unmask, "unmask", e.unmask, A, None, False),
             (ev.EVTCHNOP_reset, "reset", e.reset, S, 0, False)]),
         (HYPERVISOR_sysctl, "sysctl", [
+            (XEN_SYSCTL_physinfo, "physinfo", sc.physinfo, P, None, False),
             (XEN_SYSCTL_getdomaininfolist, "getdomaininfolist", hv.sysctl_getdomaininfolist,
-             P, None, False)]),
+             P, None, False),
+            (XEN_SYSCTL_getcpuinfo, "getcpuinfo", sc.getcpuinfo, P, None, False),
+            (XEN_SYSCTL_sim_vcpu_list, "vcpu_list", sc.vcpu_list, P, None, False)]),
         (HYPERVISOR_domctl, "domctl", [
             (XEN_DOMCTL_createdomain, "createdomain", hv.domctl_createdomain, P, None, False),
             (XEN_DOMCTL_destroydomain, "destroydomain", hv.domctl_destroydomain, P, None, False),
             (XEN_DOMCTL_pausedomain, "pausedomain", hv.domctl_pausedomain, P, None, False),
             (XEN_DOMCTL_unpausedomain, "unpausedomain", hv.domctl_unpausedomain, P, None, False),
             (XEN_DOMCTL_getdomaininfo, "getdomaininfo", hv.domctl_getdomaininfo, P, None, False),
+            (XEN_DOMCTL_setvcpuaffinity, "setvcpuaffinity", sc.setvcpuaffinity, P, None, False),
             (XEN_DOMCTL_max_mem, "max_mem", hv.domctl_max_mem, P, None, False),
+            (XEN_DOMCTL_scheduler_op, "scheduler_op", sc.scheduler_op, P, None, False),
+            (XEN_DOMCTL_getvcpuaffinity, "getvcpuaffinity", sc.getvcpuaffinity, P, None, False),
             (XEN_DOMCTL_resumedomain, "resumedomain", hv.domctl_resumedomain, P, None, False),
             (XEN_DOMCTL_sim_setstartinfo, "setstartinfo", hv.domctl_setstartinfo,
              P, None, False)]),
@@ -226,6 +249,31 @@ def dispatch(hv: Hypervisor, caller: Domain, number: int, cmd: int,
     if entry is None:
         hv.stats.hook(caller.domid, "hypercall.enosys")
         raise XenError(Errno.ENOSYS, f"hypercall {number} cmd {cmd}")
+    return gate(hv, caller, entry, args, kwargs)
+
+
+def gate(hv: Hypervisor, caller: Domain, entry: HypercallEntry,
+         args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Any:
+    """The checks and accounting every call passes once its table entry is known.
+
+    :func:`dispatch` finds the entry in the table by number; a
+    :class:`HypercallInterface` looks the entries of its two hottest calls
+    (``evtchn_send``, ``sched_block``) up once, when it is made, and enters
+    here directly. Either way the caller-is-dying check, the privilege check
+    and the statistics hook run on every call.
+
+    Args:
+        hv: the hypervisor.
+        caller: the calling domain.
+        entry: a row of ``hv.table``.
+        args, kwargs: guest-controlled arguments.
+
+    Returns:
+        The handler's result.
+
+    Raises:
+        As :func:`dispatch` (except ENOSYS).
+    """
     if caller.dying:
         raise DomainDestroyed(f"d{caller.domid}")
     priv = entry.priv
@@ -245,7 +293,7 @@ def dispatch(hv: Hypervisor, caller: Domain, number: int, cmd: int,
         if target != DOMID_SELF and target != caller.domid:
             hv.stats.hook(caller.domid, "hypercall.eperm")
             raise XenError(Errno.EPERM, entry.name)
-    hv.stats.hook(caller.domid, entry.name)
+    caller.stats[entry.name] += 1  # the statistics hook, inlined (see hypervisor.stats)
     try:
         if kwargs:
             return entry.handler(caller, *args, **kwargs)
@@ -277,6 +325,9 @@ class HypercallInterface:
         self.domid: DomId = domain.domid
         self.memory: GuestMemory = domain.memory
         self.start_info: StartInfo = domain.start_info
+        table = hv.table
+        self._send_entry = table[(HYPERVISOR_event_channel_op, ev.EVTCHNOP_send)]
+        self._block_entry = table[(HYPERVISOR_sched_op, SCHEDOP_block)]
 
     @property
     def shared_info(self) -> memoryview:
@@ -326,7 +377,7 @@ class HypercallInterface:
 
     def evtchn_send(self, port: int) -> None:
         """Notify the other end of ``port``."""
-        dispatch(self._hv, self._dom, HYPERVISOR_event_channel_op, ev.EVTCHNOP_send, (port,))
+        gate(self._hv, self._dom, self._send_entry, (port,))
 
     def evtchn_close(self, port: int) -> None:
         """Close ``port``."""
@@ -417,7 +468,7 @@ class HypercallInterface:
 
     def sched_block(self, vcpu: int = 0) -> Awaitable[None]:
         """``await`` until an upcall is pending on ``vcpu`` (re-enables upcalls)."""
-        return dispatch(self._hv, self._dom, HYPERVISOR_sched_op, SCHEDOP_block, (vcpu,))
+        return gate(self._hv, self._dom, self._block_entry, (vcpu,))
 
     def sched_poll(self, ports: Sequence[int], timeout: float | None = None,
                    vcpu: int = 0) -> Awaitable[bool]:
@@ -439,6 +490,56 @@ class HypercallInterface:
     def sched_remote_shutdown(self, domid: int, reason: int) -> None:
         """Privileged: shut another domain down."""
         self.call(HYPERVISOR_sched_op, SCHEDOP_remote_shutdown, domid, reason)
+
+    def set_timer_op(self, timeout_ns: int, vcpu: int = 0) -> None:
+        """``HYPERVISOR_set_timer_op``: VIRQ_TIMER on ``vcpu`` at system time ``timeout_ns``.
+
+        0 cancels; see :meth:`system_time_ns` for "now". Bind VIRQ_TIMER on
+        that vCPU (``evtchn_bind_virq(VIRQ_TIMER, vcpu)``) to receive it.
+        """
+        self.call(HYPERVISOR_set_timer_op, SET_TIMER_OP, timeout_ns, vcpu)
+
+    def system_time_ns(self) -> int:
+        """Xen system time in ns (not a hypercall: a PV guest reads its pvclock).
+
+        Deadlines for :meth:`set_timer_op` are in this time base.
+        """
+        return self._hv.sched.system_time_ns()
+
+    async def compute(self, seconds: float, vcpu: int = 0) -> None:
+        """Use ``seconds`` of CPU on ``vcpu``: returns once the scheduler ran it that long.
+
+        Not a hypercall: this is the guest *executing*. Under contention it
+        takes longer in (virtual) time; while the domain is paused or shut
+        down it makes no progress. Several tasks may compute on one vCPU;
+        their demands are served in order. Cancelling withdraws the rest.
+
+        Args:
+            seconds: CPU time; ``<= 0`` is just a checkpoint.
+            vcpu: which of this domain's vCPUs.
+
+        Raises:
+            DomainDestroyed: the domain is (or gets) destroyed.
+            XenError: EINVAL for a bad vCPU number.
+            RuntimeError: the hypervisor's service task is not running
+                (``await nursery.start(hv.run)`` first); NaN ``seconds``
+                (ValueError).
+        """
+        dom = self._dom
+        if dom.dying:
+            raise DomainDestroyed(f"d{dom.domid}")
+        vcpus = dom.vcpus
+        if not isinstance(vcpu, int) or not 0 <= vcpu < len(vcpus):
+            raise XenError(Errno.EINVAL, f"no vcpu {vcpu}")
+        s = vcpus[vcpu].sched
+        if not self._hv.sched.running:
+            raise RuntimeError(
+                "compute() needs the hypervisor's scheduler: `await nursery.start(hv.run)`")
+        s.wake()  # the task wanting CPU is runnable: its vCPU is not idle
+        try:
+            await s.run(seconds)
+        except VcpuGoneError:
+            raise DomainDestroyed(f"d{dom.domid}") from None
 
     # -- console / version ------------------------------------------------------------------------
 
@@ -488,8 +589,46 @@ class HypercallInterface:
         """Simulation op: set start_info store/console fields of ``domid``."""
         self.call(HYPERVISOR_domctl, XEN_DOMCTL_sim_setstartinfo, domid, **fields)
 
+    def domctl_scheduler_op(self, domid: int, weight: int | None = None,
+                            cap: int | None = None) -> so.SchedCreditParams:
+        """``xl sched-credit``: get, or with ``weight``/``cap`` set, a domain's credit params.
+
+        Returns:
+            The parameters after the call.
+
+        Raises:
+            XenError: EPERM unprivileged; ESRCH no such domain; EINVAL weight
+                outside 1..65535, cap outside 0..100 * vCPUs, dying domain.
+        """
+        if weight is None and cap is None:
+            return self.call(HYPERVISOR_domctl, XEN_DOMCTL_scheduler_op, domid,
+                             so.XEN_DOMCTL_SCHEDOP_getinfo)
+        return self.call(HYPERVISOR_domctl, XEN_DOMCTL_scheduler_op, domid,
+                         so.XEN_DOMCTL_SCHEDOP_putinfo, weight, cap)
+
+    def domctl_setvcpuaffinity(self, domid: int, vcpu: int,
+                               cpus: str | Sequence[int] | None) -> None:
+        """``xl vcpu-pin``: set a vCPU's hard affinity (``"0-1"``, ``"all"``, [0, 2]...)."""
+        self.call(HYPERVISOR_domctl, XEN_DOMCTL_setvcpuaffinity, domid, vcpu, cpus)
+
+    def domctl_getvcpuaffinity(self, domid: int, vcpu: int) -> frozenset[int]:
+        """A vCPU's hard affinity."""
+        return self.call(HYPERVISOR_domctl, XEN_DOMCTL_getvcpuaffinity, domid, vcpu)
+
     def sysctl_getdomaininfolist(self, first_domid: int = 0,
                                  max_domains: int = 1024) -> list[DomainInfo]:
         """Info of every domain with id >= ``first_domid``."""
         return self.call(HYPERVISOR_sysctl, XEN_SYSCTL_getdomaininfolist, first_domid,
                          max_domains)
+
+    def sysctl_physinfo(self) -> so.PhysInfo:
+        """``xl info``: pCPUs (``nr_cpus``), memory, scheduler."""
+        return self.call(HYPERVISOR_sysctl, XEN_SYSCTL_physinfo)
+
+    def sysctl_getcpuinfo(self) -> list[PcpuInfo]:
+        """Each pCPU's busy time and current vCPU."""
+        return self.call(HYPERVISOR_sysctl, XEN_SYSCTL_getcpuinfo)
+
+    def sysctl_vcpu_list(self, domid: int | None = None) -> list[VcpuInfo]:
+        """``xl vcpu-list [domid]``: scheduling snapshots of vCPUs."""
+        return self.call(HYPERVISOR_sysctl, XEN_SYSCTL_sim_vcpu_list, domid)

@@ -15,6 +15,12 @@ This module also holds the handlers that orchestrate several mechanisms:
 domain creation and destruction (with zombies and VIRQ_DOM_EXC), sched_op,
 domctl, console_io and the simulation's foreign-mapping stand-in.
 
+The CPU scheduler (:class:`~hypervisor.sched.Scheduler`, ``hv.sched``) is
+the hypervisor's one asynchronous service: everything else is synchronous
+and works without an event loop, but guest CPU consumption
+(``HypercallInterface.compute``) and guest timers (``set_timer_op``) need
+:meth:`Hypervisor.run` to be running: ``await nursery.start(hv.run)``.
+
 Worked example::
 
     hv = Hypervisor(memory_bytes=64 << 20)
@@ -24,12 +30,18 @@ Worked example::
     port = dom0.evtchn_alloc_unbound(remote_dom=domid)
     gport = guest.evtchn_bind_interdomain(0, port)
     dom0.domctl_unpausedomain(domid)
+    async with trio.open_nursery() as n:
+        await n.start(hv.run)
+        await guest.compute(0.010)      # 10 ms of pCPU time
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
+
+import trio
 
 from hypervisor.console import DEFAULT_CONRING_SIZE, HypervisorConsole
 from hypervisor.domain import Domain, DomainConfig, DomainInfo, DomainTable, ShutdownReason
@@ -53,12 +65,15 @@ from hypervisor.hypercall import HypercallInterface, build_table
 from hypervisor.memory import DEFAULT_MACHINE_BYTES, MachineMemory
 from hypervisor.memory_op import MemoryOps
 from hypervisor.platform import DEFAULT_NR_PIRQS, Platform
+from hypervisor.sched import Scheduler
+from hypervisor.sched_ops import SchedOps
 from hypervisor.stats import Statistics
 from hypervisor.types import DOMID_SELF, INVALID_MFN, DomId, Gfn
 
 XEN_VERSION = (4, 17)
 XENVER_version = 0
 DEFAULT_DOM0_PAGES = 256
+DEFAULT_NR_PCPUS = 2
 
 
 class Hypervisor:
@@ -71,12 +86,23 @@ class Hypervisor:
         dom0_max_pages: dom0's limit (defaults to ``dom0_pages``).
         nr_pirqs: physical IRQ lines.
         console_size: bytes kept by the hypervisor console ring.
+        nr_pcpus: physical CPUs the scheduler shares among vCPUs.
+        scheduler: ``"credit"`` (credit1, default) or ``"rr"`` (Xen's
+            ``sched=`` boot option).
+        dom0_vcpus: dom0's vCPU count.
+
+    Raises:
+        ValueError: ``nr_pcpus < 1`` or an unknown scheduler.
     """
 
     def __init__(self, memory_bytes: int = DEFAULT_MACHINE_BYTES, memory_path: str | None = None,
                  dom0_pages: int = DEFAULT_DOM0_PAGES, dom0_max_pages: int | None = None,
                  nr_pirqs: int = DEFAULT_NR_PIRQS,
-                 console_size: int = DEFAULT_CONRING_SIZE) -> None:
+                 console_size: int = DEFAULT_CONRING_SIZE, *,
+                 nr_pcpus: int = DEFAULT_NR_PCPUS, scheduler: str = "credit",
+                 dom0_vcpus: int = 1) -> None:
+        self.sched = Scheduler(nr_pcpus, scheduler)
+        self._started = False
         self.machine = MachineMemory(memory_bytes, memory_path)
         self.machine.on_deferred_release = self._frame_released
         self.stats = Statistics()
@@ -84,13 +110,52 @@ class Hypervisor:
         self.evtchn = EventChannels(self.domains.get, self.stats.hook)
         self.gnttab = GrantTables(self.machine, self.domains.get)
         self.memory_ops = MemoryOps(self.machine, self.domains.get)
+        self.sched_ops = SchedOps(self.sched, self.domains.get, self.evtchn, self.machine)
         self.console = HypervisorConsole(console_size)
         self.platform = Platform(self._deliver_pirq, nr_pirqs)
         self.table = build_table(self)
         self.dom0 = self._build(DomId(0), DomainConfig(
             name="Domain-0", max_pages=dom0_max_pages or dom0_pages, nr_pages=dom0_pages,
-            privileged=True))
+            max_vcpus=dom0_vcpus, privileged=True))
         self.dom0.unpause()
+
+    # -- the asynchronous service ------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        """The hypervisor's service task: the CPU scheduler. Runs until cancelled.
+
+        Start it once, before guests compute: ``await nursery.start(hv.run)``.
+        Until it runs, everything but CPU consumption (``compute`` raises
+        RuntimeError) and guest timers (armed, fire once it runs) works.
+
+        Raises:
+            RuntimeError: it was already started.
+        """
+        if self._started:
+            raise RuntimeError("the hypervisor is already started (hv.run runs once)")
+        self._started = True
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.sched.run)
+            task_status.started()
+
+    @asynccontextmanager
+    async def open_service(self) -> AsyncIterator[Hypervisor]:
+        """Run :meth:`run` for the duration of the block (cancelled on exit).
+
+        For boot code whose own nursery waits for its children to finish::
+
+            async with hv.open_service():
+                ...  # dom0 services, guests
+
+        After the block, ``compute`` raises RuntimeError instead of hanging.
+        """
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.run)
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
 
     # -- capabilities ----------------------------------------------------------------------
 
@@ -109,7 +174,9 @@ class Hypervisor:
 
     def _build(self, domid: DomId, config: DomainConfig) -> Domain:
         d = Domain(self.machine, domid, config)
+        d.stats = self.stats.counters(domid)
         try:
+            self.sched_ops.attach(d, config)  # paused in the scheduler, like the domain
             d.grant_table.grow(INITIAL_GRANT_FRAMES)
             if config.nr_pages:
                 if config.nr_pages > config.max_pages:
@@ -118,6 +185,7 @@ class Hypervisor:
                 if d.tot_pages != config.nr_pages:
                     raise XenError(Errno.ENOMEM, "could not populate initial memory")
         except BaseException:
+            self.sched_ops.detach(d)
             self.machine.free(d.p2m.clear_all() + d.xenheap + d.grant_table.release_frames())
             raise
         d.start_info.nr_pages = d.tot_pages
@@ -131,8 +199,9 @@ class Hypervisor:
             config: toolstack-chosen configuration.
 
         Raises:
-            XenError: EINVAL/EEXIST bad requested id or vCPU count; ENOMEM no
-                free id or not enough memory (nothing is left allocated).
+            XenError: EINVAL/EEXIST bad requested id, vCPU count, scheduler
+                weight/cap or cpus; ENOMEM no free id or not enough memory
+                (nothing is left allocated).
         """
         domid = self.domains.allocate_id(config.domid)
         return self._build(domid, config)
@@ -140,7 +209,8 @@ class Hypervisor:
     def destroy_domain(self, d: Domain) -> None:
         """Relinquish everything ``d`` holds; free it unless it is a zombie.
 
-        Closes its ports (peers become unbound), drops its own grant
+        Removes it from the CPU scheduler (tasks in ``compute`` get
+        DomainDestroyed), closes its ports (peers become unbound), drops its own grant
         mappings, frees its RAM (frames still mapped by others are deferred)
         and raises VIRQ_DOM_EXC in dom0. If nothing is deferred the domain
         is freed at once (VIRQ_DOM_EXC again); otherwise it stays dying until
@@ -152,6 +222,7 @@ class Hypervisor:
         d._update_runnable()
         for v in d.vcpus:
             v.kill()
+        self.sched_ops.detach(d)
         self.evtchn.close_all(d)
         self.gnttab.release_mappings(d)
         d.deferred_frames += self.machine.free(d.p2m.clear_all())
@@ -270,8 +341,9 @@ class Hypervisor:
         self._target(domid).resume()
 
     def domctl_getdomaininfo(self, caller: Domain, domid: int) -> DomainInfo:
-        """``XEN_DOMCTL_getdomaininfo``."""
-        return self._target(domid).info()
+        """``XEN_DOMCTL_getdomaininfo`` (``cpu_time`` in ns from the scheduler)."""
+        d = self._target(domid)
+        return d.info(calling=d is caller)
 
     def domctl_max_mem(self, caller: Domain, domid: int, max_memkb: int) -> None:
         """``XEN_DOMCTL_max_mem``: set ``max_pages`` from KiB (may be below tot_pages)."""
@@ -295,7 +367,7 @@ class Hypervisor:
                                  max_domains: int = 1024) -> list[DomainInfo]:
         """``XEN_SYSCTL_getdomaininfolist``: info of domains with id >= ``first_domid``."""
         ds = sorted((d for d in self.domains if d.domid >= first_domid), key=lambda d: d.domid)
-        return [d.info() for d in ds[: max(max_domains, 0)]]
+        return [d.info(calling=d is caller) for d in ds[: max(max_domains, 0)]]
 
     def map_foreign(self, caller: Domain, domid: int, gfn: int | None = None,
                     mfn: int | None = None, readonly: bool = False) -> memoryview:
@@ -361,6 +433,7 @@ class Hypervisor:
             "maptrack": sum(d.maptrack.in_use for d in doms),
             "deferred_frames": self.machine.deferred_count(),
             "waiting_tasks": sum(1 for d in doms for v in d.vcpus if v.is_blocked),
+            **self.sched_ops.counts(),
         }
 
     def check_invariants(self, grant_flags: bool = True) -> None:
@@ -411,6 +484,18 @@ class Hypervisor:
                 mt_pins.setdefault((e.granter.domid, e.ref), [0, 0])[ro] += 1
                 mfn_refs[e.mfn] = mfn_refs.get(e.mfn, 0) + 1
                 assert self.domains.get(e.granter.domid) is e.granter
+        sdoms = self.sched.domains
+        for d in self.domains:
+            sd = sdoms.get(d.domid)
+            if d.dying:
+                assert sd is None and not d.sched_attached, f"d{d.domid}: dying but scheduled"
+                continue
+            assert sd is not None and d.sched_attached, f"d{d.domid}: not scheduled"
+            assert sorted(sd.vcpus) == list(range(len(d.vcpus))), f"d{d.domid}: sched vcpus"
+            for v in d.vcpus:
+                assert v.sched is sd.vcpus[v.vcpu_id], f"d{d.domid}v{v.vcpu_id}: sched vcpu"
+            assert (sd.pause_count > 0) == (not d.runnable), f"d{d.domid}: sched pause state"
+        assert set(sdoms) <= {d.domid for d in self.domains}, "scheduled domain without a domain"
         for d in self.domains:
             gt = d.grant_table
             for ref, act in gt.active.items():

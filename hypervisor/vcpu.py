@@ -19,8 +19,32 @@ u8 @1, ``evtchn_pending_sel`` u64 @8, one 64-byte block per vCPU at offset
 A domain that is paused, shut down or dying does not return from a wait:
 pausing takes effect at the next blocking hypercall (Python cannot preempt a
 running task). A dying domain's waiters are woken with
-:class:`DomainDestroyed`, so its tasks unwind. The later credit scheduler
-hooks into :meth:`VCpu._park` / :meth:`VCpu.kick` and nowhere else.
+:class:`DomainDestroyed`, so its tasks unwind.
+
+The CPU scheduler
+-----------------
+Each vCPU has a :class:`~hypervisor.sched.SchedVcpu` (:attr:`VCpu.sched`,
+attached by the hypervisor when the domain is built). Guest tasks consume
+CPU on it (``HypercallInterface.compute``); the waits here tell the
+scheduler what the vCPU is doing:
+
+* ``SCHEDOP_block``/``SCHEDOP_poll``: the vCPU is marked blocked right before
+  the task parks, and woken (``vcpu_unblock``) as soon as the park returns --
+  whatever woke it: an event (:meth:`mark_events_pending`), a :meth:`kick`,
+  destruction or cancellation. The task resumes at the same virtual instant
+  as the delivery, so this is the event-delivery wake that lets the credit
+  policy BOOST an I/O-bound vCPU past CPU hogs, without adding a single
+  operation to the delivery path itself (:meth:`mark_events_pending` and
+  :meth:`kick` are unchanged).
+* A simulated guest may run several tasks on one vCPU (its event loop plus
+  tasks calling ``compute``), where a real kernel would only block when none
+  of its threads is runnable. So blocking uses
+  :meth:`~hypervisor.sched.SchedVcpu.block_if_idle` (a vCPU with outstanding
+  CPU demand stays runnable), and ``compute`` wakes the vCPU before asking for
+  CPU (the guest thread that wants it is runnable, so the kernel is not idle).
+* ``SCHEDOP_yield`` gives up the rest of the vCPU's slice.
+* Pause, shutdown and destruction are domain-wide: see
+  :meth:`hypervisor.domain.Domain._update_runnable`.
 """
 
 from __future__ import annotations
@@ -35,6 +59,7 @@ from hypervisor.errno import Errno, XenError
 
 if TYPE_CHECKING:
     from hypervisor.domain import Domain
+    from hypervisor.sched import SchedVcpu
 
 VCPU_INFO_SIZE = 64
 OFF_UPCALL_PENDING = 0
@@ -62,7 +87,11 @@ class VCpu:
         shared_info: the domain's shared_info frame (hypervisor view).
     """
 
-    __slots__ = ("_base", "_si", "_waiter", "domain", "poll_ports", "vcpu_id", "virq_to_port")
+    __slots__ = ("_base", "_si", "_waiter", "domain", "poll_ports", "sched", "vcpu_id",
+                 "virq_to_port")
+
+    sched: SchedVcpu
+    """Its schedulable vCPU (set by the hypervisor when the domain is registered)."""
 
     def __init__(self, domain: Domain, vcpu_id: int, shared_info: memoryview) -> None:
         self.domain = domain
@@ -151,8 +180,13 @@ class VCpu:
         if si[base] and dom.runnable:
             await trio.lowlevel.checkpoint()
             return
+        s = self.sched
         while True:
-            await self._park()
+            s.block_if_idle()
+            try:
+                await self._park()
+            finally:
+                s.wake()
             if si[base] and dom.runnable:
                 return
 
@@ -185,13 +219,16 @@ class VCpu:
         if self._poll_ready(wanted) and dom.runnable:
             await trio.lowlevel.checkpoint()
             return True
+        s = self.sched
         with trio.move_on_after(float("inf") if timeout is None else max(timeout, 0.0)):
             while True:
                 self.poll_ports = wanted
                 dom.pollers += 1
+                s.block_if_idle()
                 try:
                     await self._park()
                 finally:
+                    s.wake()
                     self.poll_ports = None
                     dom.pollers -= 1
                 if self._poll_ready(wanted) and dom.runnable:
@@ -208,7 +245,11 @@ class VCpu:
         return any(is_pending(p) for p in ports)
 
     async def yield_(self) -> None:
-        """``SCHEDOP_yield``: let other tasks run; stalls while the domain is paused."""
+        """``SCHEDOP_yield``: give up the vCPU's slice, let other tasks run.
+
+        Stalls while the domain is paused.
+        """
+        self.sched.yield_()
         await trio.lowlevel.checkpoint()
         while not self.domain.runnable:
             await self._park()

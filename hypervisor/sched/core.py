@@ -431,6 +431,11 @@ class SchedVcpu:
         return self._pause > 0 or self.domain.pause_count > 0
 
     @property
+    def nr_demands(self) -> int:
+        """How many :meth:`run` calls are waiting (for leak checks)."""
+        return len(self._demands)
+
+    @property
     def demand_ns(self) -> int:
         """Outstanding CPU demand in ns (as of the last accounting update)."""
         return sum(d.remaining for d in self._demands)
@@ -451,10 +456,16 @@ class SchedVcpu:
         Raises:
             ValueError: ``seconds`` is NaN.
             VcpuGoneError: the vCPU was (or gets) removed.
+            RuntimeError: the scheduler's service task is not running (a bug
+                in the caller: the call could never return).
         """
         ns = duration_to_ns(seconds)
         if self._removed:
             raise VcpuGoneError(repr(self))
+        if not self._sched._running:
+            raise RuntimeError(
+                "CPU demand needs the scheduler service task: start it with "
+                "`await nursery.start(sched.run)` (or the hypervisor's `hv.run`)")
         if ns <= 0:
             await trio.lowlevel.checkpoint()
             return
@@ -476,17 +487,35 @@ class SchedVcpu:
         """
         if not self._blocked:
             self._blocked = True
-            self._sched._reevaluate(self)
+            # An idle vCPU (no demand, not queued, not on a pCPU) stays idle and
+            # BLOCKED: nothing to re-evaluate (this is the hypervisor's hot path).
+            if self._demands or self._runnable or self._settling or self.is_running:
+                self._sched._reevaluate(self)
+
+    def block_if_idle(self) -> None:
+        """SCHEDOP_block from a guest kernel's idle loop: :meth:`block` unless busy.
+
+        A simulated guest may run several tasks on one vCPU (its event loop,
+        and tasks consuming CPU with :meth:`run`); a real kernel only calls
+        SCHEDOP_block when none of its threads is runnable. So a vCPU with
+        outstanding demand is not idle and this call leaves it runnable.
+        """
+        if not self._blocked and not self._demands:
+            self._blocked = True
+            if self._runnable or self._settling or self.is_running:
+                self._sched._reevaluate(self)
 
     def wake(self) -> None:
         """Event delivery to a blocked vCPU (``vcpu_unblock``).
 
         If the vCPU then has CPU demand it becomes runnable; the credit policy
-        boosts it. A no-op when not blocked.
+        boosts it. A no-op when not blocked (two attribute reads: event
+        delivery calls it on every wake).
         """
         if self._blocked:
             self._blocked = False
-            self._sched._reevaluate(self)
+            if self._demands or self._runnable or self._settling or self.is_running:
+                self._sched._reevaluate(self)
 
     def yield_(self) -> None:
         """SCHEDOP_yield: give up the rest of the current slice.
@@ -676,6 +705,7 @@ class Scheduler:
         self.timer_slop_ns = timer_slop_ns
         self.boot_ns = 0
         self._started = False
+        self._running = False
         self._sleep_scope: trio.CancelScope | None = None
         self._sleep_until = NEVER
         self._resched_pending = False
@@ -691,12 +721,25 @@ class Scheduler:
 
     @staticmethod
     def now_ns() -> int:
-        """Machine time in ns (the trio clock)."""
-        return round(trio.current_time() * NS_PER_S)
+        """Machine time in ns (the trio clock).
+
+        Outside ``trio.run`` (a synchronous caller building or inspecting the
+        host before any event loop exists) it is 0: nothing can run then, so
+        no accounting depends on it.
+        """
+        try:
+            return round(trio.current_time() * NS_PER_S)
+        except RuntimeError:
+            return 0
 
     def system_time_ns(self) -> int:
         """Xen system time: ns since the scheduler started (``NOW()``)."""
         return self.now_ns() - self.boot_ns
+
+    @property
+    def running(self) -> bool:
+        """True while the service task (:meth:`run`) is running."""
+        return self._running
 
     @property
     def nr_pcpus(self) -> int:
@@ -720,8 +763,9 @@ class Scheduler:
         now = self.now_ns()
         self.boot_ns = now
         self.policy.start(now)
-        task_status.started()
+        self._running = True
         try:
+            task_status.started()
             while True:
                 deadline = self._next_deadline()
                 if deadline <= self.now_ns():
@@ -738,6 +782,7 @@ class Scheduler:
                 await self._pass()
         finally:
             self._sleep_scope = None
+            self._running = False
 
     def _next_deadline(self) -> int:
         if self._resched_pending or self._settle:

@@ -48,9 +48,9 @@ def test_table_uses_xens_numbers_and_names_who_may_call(hv: Hypervisor) -> None:
     assert (hc_mod.HYPERVISOR_mmu_update, hc_mod.HYPERVISOR_xen_version,
             hc_mod.HYPERVISOR_sysctl) == (1, 17, 35)
     families = {e.name.split(".")[0]: e.number for e in hv.table.values()}
-    assert families == {"mmu_update": 1, "memory_op": 12, "xen_version": 17, "console_io": 18,
-                        "grant_table_op": 20, "sched_op": 29, "event_channel_op": 32,
-                        "sysctl": 35, "domctl": 36}
+    assert families == {"mmu_update": 1, "memory_op": 12, "set_timer_op": 15, "xen_version": 17,
+                        "console_io": 18, "grant_table_op": 20, "sched_op": 29,
+                        "event_channel_op": 32, "sysctl": 35, "domctl": 36}
     for (number, cmd), e in hv.table.items():
         assert (e.number, e.cmd) == (number, cmd)
         assert isinstance(e.priv, Priv)
@@ -64,6 +64,12 @@ def test_table_uses_xens_numbers_and_names_who_may_call(hv: Hypervisor) -> None:
     assert names["memory_op.populate_physmap"] == (12, 6)
     assert names["sched_op.remote_shutdown"] == (29, 4)
     assert names["domctl.getdomaininfo"] == (36, 5)
+    assert names["domctl.setvcpuaffinity"] == (36, 9)
+    assert names["domctl.scheduler_op"] == (36, 16)
+    assert names["domctl.getvcpuaffinity"] == (36, 25)
+    assert names["sysctl.physinfo"] == (35, 3)
+    assert names["sysctl.getcpuinfo"] == (35, 8)
+    assert names["set_timer_op.set"] == (15, 0)
     # who may call what
     priv = {e.name: e.priv for e in hv.table.values()}
     assert all(p is Priv.PRIV for n, p in priv.items() if n.startswith(("domctl.", "sysctl.")))
@@ -72,6 +78,7 @@ def test_table_uses_xens_numbers_and_names_who_may_call(hv: Hypervisor) -> None:
     assert priv["event_channel_op.send"] is Priv.ANY
     assert priv["event_channel_op.status"] is Priv.SELF_OR_PRIV
     assert priv["memory_op.populate_physmap"] is Priv.SELF_OR_PRIV
+    assert priv["set_timer_op.set"] is Priv.ANY  # acts on the caller's own vCPUs only
 
 
 @pytest.mark.parametrize("number", [0, 2, 13, 21, 33, 37, 64, -1, 2**32, 2**64])
@@ -83,7 +90,7 @@ def test_unknown_hypercall_is_enosys(dom0: HypercallInterface, make_domu: MakeDo
         assert hc.call_c(number, 0) == -Errno.ENOSYS == -38
 
 
-@pytest.mark.parametrize("number", [1, 12, 17, 18, 20, 29, 32, 35, 36])
+@pytest.mark.parametrize("number", [1, 12, 15, 17, 18, 20, 29, 32, 35, 36])
 def test_unknown_subcommand_is_enosys(dom0: HypercallInterface, make_domu: MakeDomU,
                                       number: int) -> None:
     g = make_domu()
@@ -116,6 +123,12 @@ MATRIX: list[tuple[str, Call]] = [
     ("event_channel_op.reset", lambda hc, t: hc.evtchn_reset(t)),
     ("event_channel_op.bind_pirq", lambda hc, t: hc.evtchn_bind_pirq(7)),
     ("sysctl.getdomaininfolist", lambda hc, t: hc.sysctl_getdomaininfolist(t)),
+    ("sysctl.physinfo", lambda hc, t: hc.sysctl_physinfo()),
+    ("sysctl.getcpuinfo", lambda hc, t: hc.sysctl_getcpuinfo()),
+    ("sysctl.vcpu_list", lambda hc, t: hc.sysctl_vcpu_list(t)),
+    ("domctl.scheduler_op", lambda hc, t: hc.domctl_scheduler_op(t)),
+    ("domctl.setvcpuaffinity", lambda hc, t: hc.domctl_setvcpuaffinity(t, 0, "1")),
+    ("domctl.getvcpuaffinity", lambda hc, t: hc.domctl_getvcpuaffinity(t, 0)),
     ("domctl.createdomain", lambda hc, t: hc.domctl_createdomain(DomainConfig())),
     ("domctl.destroydomain", lambda hc, t: hc.domctl_destroydomain(t)),
     ("domctl.pausedomain", lambda hc, t: hc.domctl_pausedomain(t)),
