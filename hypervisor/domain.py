@@ -369,7 +369,8 @@ class Domain:
             flags |= ((self.shutdown_code or 0) & 0xFF) << XEN_DOMINF_shutdownshift
         if self.pause_count:
             flags |= XEN_DOMINF_paused
-        if not self.dying:
+        if not self.dying and not self.is_shut_down:
+            # A shut-down domain's vCPUs are paused, not blocked (xl: ---sc-).
             if calling or any(v.sched.is_running for v in self.vcpus):
                 flags |= XEN_DOMINF_running
             elif all(v.is_blocked and v.sched.runstate == RunState.BLOCKED for v in self.vcpus):

@@ -50,6 +50,7 @@ from hypervisor.event_channel import (
     ECS_INTERDOMAIN,
     ECS_PIRQ,
     ECS_VIRQ,
+    EVTCHN_2L_NR_CHANNELS,
     VIRQ_CON_RING,
     VIRQ_DOM_EXC,
     EventChannels,
@@ -116,7 +117,10 @@ class Hypervisor:
         self.table = build_table(self)
         self.dom0 = self._build(DomId(0), DomainConfig(
             name="Domain-0", max_pages=dom0_max_pages or dom0_pages, nr_pages=dom0_pages,
-            max_vcpus=dom0_vcpus, privileged=True))
+            max_vcpus=dom0_vcpus, privileged=True,
+            # dom0 binds two ports per guest (xenstore, console): give it the
+            # whole 2-level space, as Xen does, not a guest's 1023.
+            max_evtchn_port=EVTCHN_2L_NR_CHANNELS - 1))
         self.dom0.unpause()
 
     # -- the asynchronous service ------------------------------------------------------------
@@ -362,6 +366,9 @@ class Hypervisor:
             if k not in allowed:
                 raise XenError(Errno.EINVAL, f"start_info field {k!r} not settable")
             setattr(d.start_info, k, v)
+        # The builder populates RAM after createdomain; start_info describes
+        # the memory the domain has when it is handed its start_info.
+        d.start_info.nr_pages = d.tot_pages
 
     def sysctl_getdomaininfolist(self, caller: Domain, first_domid: int = 0,
                                  max_domains: int = 1024) -> list[DomainInfo]:
