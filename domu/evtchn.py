@@ -91,7 +91,7 @@ class EventDispatcher:
         self.upcalls = 0
         self.next_word = 0
         self.next_bit = 0
-        self._waiters: list[PortWaiter] = []
+        self._waiters: dict[int, PortWaiter] = {}
         self.closed = False
 
     # -- handler table ------------------------------------------------------------------------
@@ -108,15 +108,22 @@ class EventDispatcher:
         self.unmask(port)
 
     def unbind(self, port: int) -> None:
-        """Forget ``port``'s handler and mask it (does not close the port)."""
+        """Forget ``port``'s handler and mask it (does not close the port).
+
+        A :class:`PortWaiter` bound to the port is dropped too; a task still
+        waiting on it gets :class:`PortUnbound`.
+        """
         self.handlers.pop(port, None)
         self.mask(port)
+        w = self._waiters.pop(port, None)
+        if w is not None:
+            w.close(PortUnbound(f"port {port} was unbound"))
 
     def waiter(self, port: int) -> PortWaiter:
         """Bind ``port`` to a :class:`PortWaiter` and return it."""
         w = PortWaiter()
         self.bind(port, w.notify)
-        self._waiters.append(w)
+        self._waiters[port] = w
         return w
 
     # -- mask bits (guest-owned) ------------------------------------------------------------------
@@ -227,8 +234,12 @@ class EventDispatcher:
                 upcall()
         except DomainDestroyed as exc:
             self.closed = True
-            for w in self._waiters:
+            for w in self._waiters.values():
                 w.close(exc)
+
+
+class PortUnbound(Exception):
+    """The port a :class:`PortWaiter` watched was unbound from the dispatcher."""
 
 
 class PortWaiter:

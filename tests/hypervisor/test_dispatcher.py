@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from domu.evtchn import MAX_UPCALL_PASSES, EventDispatcher, PortWaiter
+from domu.evtchn import MAX_UPCALL_PASSES, EventDispatcher, PortUnbound, PortWaiter
 from hypervisor.domain import DomainConfig
 from hypervisor.hypercall import HypercallInterface
 from hypervisor.hypervisor import Hypervisor
@@ -244,3 +244,33 @@ async def test_dispatcher_woken_but_not_reparked_when_destroyed_still_ends() -> 
             while n.child_tasks:
                 await trio.testing.wait_all_tasks_blocked()
                 await trio.lowlevel.checkpoint()
+
+
+async def test_unbind_drops_the_waiter_and_wakes_its_task(
+    hv: Hypervisor, dom0: HypercallInterface, make_domu: MakeDomU
+) -> None:
+    """Binding and unbinding waiters repeatedly must not accumulate them, and a
+    task waiting on an unbound port must not hang."""
+    g = make_domu()
+    disp = EventDispatcher(g)
+    for _ in range(100):
+        port = g.evtchn_alloc_unbound(remote_dom=0)
+        disp.waiter(port)
+        disp.unbind(port)
+        g.evtchn_close(port)
+    assert disp._waiters == {}
+    port = g.evtchn_alloc_unbound(remote_dom=0)
+    w = disp.waiter(port)
+    async with trio.open_nursery() as n:
+        got: list[BaseException] = []
+
+        async def waiting() -> None:
+            try:
+                await w.wait()
+            except PortUnbound as exc:
+                got.append(exc)
+
+        n.start_soon(waiting)
+        await trio.testing.wait_all_tasks_blocked()
+        disp.unbind(port)
+    assert len(got) == 1
