@@ -29,6 +29,7 @@ Hooks for the rest of the system:
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import time
@@ -142,6 +143,7 @@ class XenStore:
         self.events_sent = 0
         self.events_too_big = 0
         self.internal_errors = 0
+        self._open_tx_generations: collections.Counter[int] = collections.Counter()
         self._conn_ids = itertools.count(1)
         self._post: list[Callable[[], None]] = []
         self._table: dict[int, tuple[Handler, int]] = {
@@ -206,6 +208,7 @@ class XenStore:
             return
         conn.closed = True
         self._drop_watches(conn)
+        self._forget_transactions(conn)
         conn.clear()
         self._trim_history()
         self.connections.pop(conn.conn_id, None)
@@ -224,6 +227,7 @@ class XenStore:
         """
         conn.broken = ring_error
         self._drop_watches(conn)
+        self._forget_transactions(conn)
         conn.clear()
         self._trim_history()
 
@@ -552,7 +556,9 @@ class XenStore:
             tx_id = (tx_id + 1) & 0xFFFFFFFF
         conn.next_tx_id = (tx_id + 1) & 0xFFFFFFFF
         limit = None if conn.privileged else self.quotas.transaction_nodes
-        conn.transactions[tx_id] = Transaction(self.store, tx_id, node_limit=limit)
+        tx = Transaction(self.store, tx_id, node_limit=limit)
+        conn.transactions[tx_id] = tx
+        self._open_tx_generations[tx.generation] += 1
         return str(tx_id).encode() + b"\0"
 
     def _do_transaction_end(
@@ -564,6 +570,7 @@ class XenStore:
         if tx is None:
             raise XsErr("ENOENT")
         del conn.transactions[tx.tx_id]
+        self._tx_closed(tx)
         try:
             if arg == b"T":
                 self._commit(conn, tx)
@@ -587,13 +594,24 @@ class XenStore:
     # -- conflict credit -------------------------------------------------
 
     def _any_open_transaction(self) -> bool:
-        return any(c.transactions for c in self.connections.values())
+        return bool(self._open_tx_generations)
+
+    def _tx_closed(self, tx: Transaction) -> None:
+        gens = self._open_tx_generations
+        gens[tx.generation] -= 1
+        if gens[tx.generation] <= 0:
+            del gens[tx.generation]
+
+    def _forget_transactions(self, conn: Connection) -> None:
+        for tx in conn.transactions.values():
+            self._tx_closed(tx)
+        conn.transactions.clear()
 
     def _trim_history(self) -> None:
-        starts = [
-            tx.generation for c in self.connections.values() for tx in c.transactions.values()
-        ]
-        self.conflicts.trim(min(starts) if starts else None)
+        # O(open transactions), not O(connections): the start generations of
+        # every open transaction are counted as they open and close.
+        gens = self._open_tx_generations
+        self.conflicts.trim(min(gens) if gens else None)
 
     def event_expiry_delay(self, conn: Connection) -> float | None:
         """Seconds until ``conn``'s oldest queued watch event expires (None: none will)."""
@@ -654,7 +672,7 @@ class XenStore:
         self, conn: Connection, msg: XsMessage, tx: Transaction | None
     ) -> bytes:
         self._drop_watches(conn)
-        conn.transactions.clear()
+        self._forget_transactions(conn)
         self._trim_history()
         return OK
 

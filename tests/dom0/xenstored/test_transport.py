@@ -309,3 +309,39 @@ async def test_internal_bug_fails_one_request_and_daemon_keeps_serving(
         assert await b.read("/ok") == b"1"
     assert server.xs.stats()["internal_errors"] == 1
     assert "simulated bug" in caplog.text
+
+
+async def test_open_transaction_bookkeeping_follows_every_way_a_transaction_ends(
+    server: Server,
+) -> None:
+    """The core counts open transactions by start generation (so a commit is
+    not O(connections)); the count must match the connections' own tables
+    after commit, abort, RESET_WATCHES and disconnect."""
+    xs = server.xs
+
+    def consistent() -> None:
+        live = sorted(tx.generation for c in xs.connections.values()
+                      for tx in c.transactions.values())
+        counted = sorted(xs._open_tx_generations.elements())
+        assert counted == live
+
+    class Abort(Exception):
+        pass
+
+    async with open_xenstore_unix(server.path) as a, open_xenstore_unix(server.path) as b:
+        async with a.transaction_start() as t1:
+            with pytest.raises(Abort):
+                async with b.transaction_start():
+                    consistent()
+                    assert len(list(xs._open_tx_generations.elements())) == 2
+                    raise Abort  # the client ends it with "F"
+            consistent()
+            await t1.write("/x", "1")
+        consistent()  # committed
+        left_open = b.transaction_start()
+        await left_open.__aenter__()  # never ended: the disconnect must drop it
+        consistent()
+        assert xs._open_tx_generations
+    await trio.testing.wait_all_tasks_blocked()  # the server sees both sockets close
+    consistent()
+    assert not xs._open_tx_generations
