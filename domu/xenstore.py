@@ -223,6 +223,20 @@ class _Ops:
             raise XenStoreProtocolError("malformed GET_DOMAIN_PATH reply")
         return items[0]
 
+    async def introduce(self, domid: int, mfn: int, port: int) -> None:
+        """``XS_INTRODUCE``: tell xenstored about a new domain's ring (dom0 only).
+
+        Args:
+            domid: the new domain.
+            mfn: the frame of its xenstore ring page (as xenstored maps it).
+            port: the event channel xenstored should bind to.
+        """
+        await self._call(XsType.INTRODUCE, encode_strings(str(domid), str(mfn), str(port)))
+
+    async def release(self, domid: int) -> None:
+        """``XS_RELEASE``: xenstored forgets the domain (dom0 only)."""
+        await self._call(XsType.RELEASE, encode_strings(str(domid)))
+
     async def exists(self, path: str) -> bool:
         """True if ``path`` can be read."""
         try:
@@ -286,6 +300,16 @@ class XenStoreClient(_Ops):
             raise reply
         assert reply is not None
         return _check(reply, type_)
+
+    def close(self, reason: str = "client closed") -> None:
+        """Fail every pending and later request (and watch) with
+        :class:`XenStoreProtocolError`; use when the connection is going away
+        (for example its domain is being destroyed) so nothing waits forever.
+
+        Args:
+            reason: the message the waiters' exception carries.
+        """
+        self._fail(XenStoreProtocolError(reason))
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:

@@ -345,3 +345,35 @@ async def test_open_transaction_bookkeeping_follows_every_way_a_transaction_ends
     await trio.testing.wait_all_tasks_blocked()  # the server sees both sockets close
     consistent()
     assert not xs._open_tx_generations
+
+
+async def test_client_close_fails_pending_requests_and_watches(server: Server) -> None:
+    """close() wakes every waiter (a request in flight, a watch iterator) with a
+    protocol error instead of leaving them waiting forever."""
+    async with open_xenstore_unix(server.path) as xs:
+        errors: list[BaseException] = []
+
+        async def watching() -> None:
+            try:
+                async with xs.watch("/w") as events:
+                    async for _ in events:
+                        pass
+            except XenStoreProtocolError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(watching)
+            await trio.testing.wait_all_tasks_blocked()
+            xs.close("domain going away")
+        assert len(errors) == 1 and "domain going away" in str(errors[0])
+        with pytest.raises(XenStoreProtocolError):
+            await xs.read("/w")
+
+
+async def test_introduce_and_release_through_the_client(server: Server) -> None:
+    async with open_xenstore_unix(server.path) as xs:
+        await xs.introduce(7, 1234, 5)
+        assert await xs.get_domain_path(7) == "/local/domain/7"
+        await xs.release(7)
+        with pytest.raises(XenStoreError):
+            await xs.release(7)
