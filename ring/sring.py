@@ -175,15 +175,18 @@ def _as_pages(pages: Sequence[memoryview]) -> list[memoryview]:
     return out
 
 
-def shared_ring_init(pages: Sequence[memoryview]) -> None:
+def shared_ring_init(pages: Sequence[memoryview], start: int = 0) -> None:
     """``SHARED_RING_INIT``: reset the shared header (frontend only).
 
-    Sets ``req_prod = rsp_prod = 0``, ``req_event = rsp_event = 1`` and zeroes
-    the private and padding bytes. Slots are left alone. Only the frontend
-    does this, once, before granting the pages; a backend never initialises.
+    Sets ``req_prod = rsp_prod = start``, ``req_event = rsp_event = start + 1``
+    and zeroes the private and padding bytes. Slots are left alone. Only the
+    frontend does this, once, before granting the pages; a backend never
+    initialises. Xen always starts at 0; a non-zero ``start`` (say
+    ``0xFFFFFFF0``) exercises index wrap-around from the first request.
 
     Args:
         pages: the ring pages (our own memory, as the frontend).
+        start: the first index (ours; any u32).
 
     Raises:
         ValueError: not 2**order writable 4096-byte pages.
@@ -191,8 +194,8 @@ def shared_ring_init(pages: Sequence[memoryview]) -> None:
     page0 = _as_pages(pages)[0]
     page0[:SRING_HEADER_SIZE] = bytes(SRING_HEADER_SIZE)
     hdr = page0[:16].cast("I")
-    hdr[1] = 1
-    hdr[3] = 1
+    hdr[0] = hdr[2] = start & _M
+    hdr[1] = hdr[3] = (start + 1) & _M
 
 
 class SharedRing:
@@ -372,22 +375,24 @@ class FrontRing(Generic[ReqT, RspT]):
 
     @classmethod
     def init(
-        cls, pages: Sequence[memoryview], codec: SlotCodec[ReqT, RspT]
+        cls, pages: Sequence[memoryview], codec: SlotCodec[ReqT, RspT], start: int = 0
     ) -> FrontRing[ReqT, RspT]:
-        """``XEN_FRONT_RING_INIT``: initialise the shared header and attach at 0.
+        """``XEN_FRONT_RING_INIT``: initialise the shared header and attach.
 
         Args:
             pages: the frontend's own ring pages (``2**order`` of them).
             codec: the protocol's slot codec.
+            start: the first index, shared and private (Xen uses 0; tests
+                and tutorials start near 2**32 to see indices wrap).
 
         Returns:
-            A front ring with both private indices 0.
+            A front ring with both private indices at ``start``.
 
         Raises:
             ValueError: bad pages or a slot that does not fit.
         """
-        shared_ring_init(pages)
-        return cls(SharedRing(pages, codec.slot_size), codec)
+        shared_ring_init(pages, start)
+        return cls(SharedRing(pages, codec.slot_size), codec, start & _M)
 
     @classmethod
     def attach(

@@ -212,3 +212,19 @@ def test_generic_codec_slot_sizes() -> None:
         assert ring.nr_ents == ring_size(4096, slot)
     front = FrontRing.init(pages(), MsgpackCodec(64))
     assert front.size == 32
+
+
+def test_init_can_start_near_2_32_and_wrap() -> None:
+    """FrontRing.init(start=...) sets the shared header and both ends' indices,
+    so a ring wraps from its first requests without hand-poking the header."""
+    page = memoryview(bytearray(4096))
+    start = 0xFFFFFFF0
+    front = FrontRing.init([page], BLKIF_CODEC, start=start)
+    back = BackRing.attach([page], BLKIF_CODEC, start=start)
+    seg = (BlkifSegment(8, 0, 7),)
+    reqs = [BlkifRequest(BLKIF_OP_READ, 0, i, 0, seg) for i in range(32)]
+    front.put_requests(reqs)
+    assert front.push_requests_and_check_notify()  # req_event was start + 1
+    got = back.get_requests()
+    assert [r.id for r in got] == list(range(32))
+    assert front.sring.req_prod == (start + 32) & 0xFFFFFFFF == 0x10
