@@ -131,7 +131,7 @@ async def test_short_transfers_are_continued(
     monkeypatch.setattr(os, "preadv", preadv)
     monkeypatch.setattr(os, "pwritev", pwritev)
     data = random.Random(4).randbytes(8 * SECTOR)
-    async with open_image(image) as dev:
+    async with open_image(image, nowait_reads=False) as dev:
         await dev.writev(SECTOR, [memoryview(data)[:1536], memoryview(data)[1536:]])
         buf = bytearray(len(data))
         await dev.readv(SECTOR, [memoryview(buf)[:512], memoryview(buf)[512:]])
@@ -399,7 +399,7 @@ async def test_thread_limiter_bounds_concurrency(
         return real_preadv(fd, bufs, off)
 
     monkeypatch.setattr(os, "preadv", preadv)
-    async with open_image(image, max_threads=3) as dev:
+    async with open_image(image, max_threads=3, nowait_reads=False) as dev:
         async with trio.open_nursery() as nursery:
             for i in range(10):
                 nursery.start_soon(dev.read, i * SECTOR, SECTOR)
@@ -436,7 +436,7 @@ async def test_event_loop_stays_responsive_during_large_read(
             await trio.lowlevel.checkpoint()
         other_task_ran.set()
 
-    async with open_image(path) as dev:
+    async with open_image(path, nowait_reads=False) as dev:
         buf = bytearray(8 << 20)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(dev.readv, 0, [memoryview(buf)])
@@ -458,7 +458,7 @@ async def test_close_with_requests_in_flight_is_refused(
         return real_preadv(fd, bufs, off)
 
     monkeypatch.setattr(os, "preadv", preadv)
-    async with open_image(image) as dev, trio.open_nursery() as nursery:
+    async with open_image(image, nowait_reads=False) as dev, trio.open_nursery() as nursery:
         nursery.start_soon(dev.read, 0, SECTOR)
         await trio.to_thread.run_sync(entered.acquire)
         with pytest.raises(RuntimeError, match="in flight"):
@@ -479,3 +479,89 @@ async def test_size_rounds_down_to_sectors(tmp_path: Path) -> None:
     async with open_image(path, sector_size=SECTOR, physical_sector_size=4096) as dev:
         assert dev.size == 3 * SECTOR and dev.sectors == 3
         assert dev.physical_sector_size == 4096 and dev.discard_granularity == SECTOR
+
+
+# -- the page-cache fast path (preadv2 with RWF_NOWAIT) ----------------------------------
+
+
+def _spy_preadv(monkeypatch: pytest.MonkeyPatch, behaviour: Any) -> list[tuple[int, int]]:
+    """Replace os.preadv; ``behaviour(real, fd, bufs, off, flags)`` decides each
+    call. Returns the (flags, thread-ident) log of calls."""
+    real = os.preadv
+    log: list[tuple[int, int]] = []
+
+    def preadv(fd: int, bufs: Any, off: int, flags: int = 0) -> int:
+        log.append((flags, threading.get_ident()))
+        return behaviour(real, fd, bufs, off, flags)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    return log
+
+
+async def test_cached_read_completes_inline_without_a_thread_hop(
+    image: Path, image_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _spy_preadv(monkeypatch, lambda real, fd, b, off, fl: real(fd, b, off, fl))
+    async with open_image(image) as dev:
+        assert await dev.read(3 * SECTOR, 8 * SECTOR) == image_bytes[3 * SECTOR:11 * SECTOR]
+        assert dev.stats_nowait_reads == 1
+    assert log == [(os.RWF_NOWAIT, threading.get_ident())]  # one call, in the event loop
+
+
+async def test_uncached_read_falls_back_to_a_worker_thread(
+    image: Path, image_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def behaviour(real: Any, fd: int, bufs: Any, off: int, flags: int) -> int:
+        if flags & os.RWF_NOWAIT:
+            raise BlockingIOError(errno.EAGAIN, "would block")
+        return real(fd, bufs, off)
+
+    log = _spy_preadv(monkeypatch, behaviour)
+    async with open_image(image) as dev:
+        assert await dev.read(0, 4 * SECTOR) == image_bytes[: 4 * SECTOR]
+        assert dev.stats_nowait_reads == 0
+    assert [f for f, _ in log] == [os.RWF_NOWAIT, 0]
+    assert log[1][1] != threading.get_ident()  # the blocking read ran in a thread
+
+
+async def test_partly_cached_read_finishes_the_rest_in_a_thread(
+    image: Path, image_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def behaviour(real: Any, fd: int, bufs: Any, off: int, flags: int) -> int:
+        if flags & os.RWF_NOWAIT:  # only the first 700 bytes are "cached"
+            return real(fd, [bufs[0][:700]], off, flags)
+        return real(fd, bufs, off)
+
+    _spy_preadv(monkeypatch, behaviour)
+    async with open_image(image) as dev:
+        bufs = [bytearray(SECTOR), bytearray(3 * SECTOR)]
+        await dev.readv(SECTOR, [memoryview(b) for b in bufs])
+        assert bytes(bufs[0] + bufs[1]) == image_bytes[SECTOR : 5 * SECTOR]
+
+
+async def test_file_systems_without_nowait_reads_stop_trying(
+    image: Path, image_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def behaviour(real: Any, fd: int, bufs: Any, off: int, flags: int) -> int:
+        if flags & os.RWF_NOWAIT:
+            raise OSError(errno.EOPNOTSUPP, "not supported")
+        return real(fd, bufs, off)
+
+    log = _spy_preadv(monkeypatch, behaviour)
+    async with open_image(image) as dev:
+        for _ in range(3):
+            assert await dev.read(0, SECTOR) == image_bytes[:SECTOR]
+    assert [f for f, _ in log] == [os.RWF_NOWAIT, 0, 0, 0]
+
+
+async def test_large_reads_skip_the_inline_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dom0.native.disk import NOWAIT_MAX_BYTES
+
+    path = tmp_path / "big.img"
+    path.write_bytes(bytes(2 * NOWAIT_MAX_BYTES))
+    log = _spy_preadv(monkeypatch, lambda real, fd, b, off, fl: real(fd, b, off, fl))
+    async with open_image(path) as dev:
+        await dev.read(0, NOWAIT_MAX_BYTES + SECTOR)
+    assert all(f == 0 for f, _ in log)
