@@ -32,6 +32,7 @@ from typing import Any
 import trio
 import trio.testing
 
+import dom0.backends.netback  # noqa: F401  (registers the vif backend)
 from dom0.backends.bus import Backend
 from dom0.kernel import Dom0Kernel
 from dom0.toolstack.builder import (
@@ -40,12 +41,15 @@ from dom0.toolstack.builder import (
     DomainRecord,
     Toolstack,
     load_program,
+    vbd_device_request,
+    vif_device_request,
 )
-from dom0.toolstack.config import GuestConfig
+from dom0.toolstack.config import DiskSpec, GuestConfig, VifSpec
+from dom0.toolstack.xlcfg import vdev_number
 from domu.frontends.bus import Frontend
 from domu.kernel import GuestKernel
 from hypervisor.domain import ShutdownReason
-from hypervisor.hypervisor import Hypervisor
+from hypervisor.hypervisor import DEFAULT_NR_PCPUS, Hypervisor
 
 __all__ = ["DomainConsole", "DomainHandle", "DomainRow", "Host", "LeakError", "open_host"]
 
@@ -198,6 +202,78 @@ class DomainHandle:
         succ = self.record.successor
         return DomainHandle(self._host, succ) if succ is not None else None
 
+    # -- hot-plug (xl block-attach / block-detach / network-attach ...) ----------------------
+
+    async def attach_device(self, req: DeviceRequest) -> None:
+        """Hot-plug any device; see :meth:`Toolstack.attach_device`.
+
+        Raises:
+            ConfigError: no driver, duplicate device, domain not running, or
+                the backend failed; nothing is left behind.
+            TimeoutError: the backend did not reach InitWait in time.
+        """
+        await self._host.toolstack.attach_device(self.record, req)
+
+    async def detach_device(self, kind: str, devid: int, *, force: bool = False) -> None:
+        """Hot-unplug a device; see :meth:`Toolstack.detach_device`.
+
+        Raises:
+            KeyError: no such device.
+            TimeoutError: unforced and the backend did not close in time.
+        """
+        await self._host.toolstack.detach_device(self.record, kind, devid, force=force)
+
+    async def attach_disk(self, disk: DiskSpec) -> int:
+        """``xl block-attach``: hot-plug a disk; returns its ``virtual-device`` number.
+
+        Raises:
+            ConfigError: bad vdev/access, vdev in use, the image cannot be
+                opened by the backend, or the domain is not running.
+            TimeoutError: the backend did not reach InitWait in time.
+        """
+        req = vbd_device_request(disk)
+        await self.attach_device(req)
+        return req.devid
+
+    async def detach_disk(self, vdev: str | int, *, force: bool = False) -> None:
+        """``xl block-detach``: hot-unplug the disk ``vdev`` (name or number).
+
+        Raises:
+            ConfigError: not a disk name.
+            KeyError: no such disk.
+            TimeoutError: unforced and the backend did not close in time.
+        """
+        devid = vdev if isinstance(vdev, int) else vdev_number(vdev)
+        await self.detach_device("vbd", devid, force=force)
+
+    async def attach_vif(self, vif: VifSpec | None = None) -> int:
+        """``xl network-attach``: hot-plug a vif; returns its devid.
+
+        Args:
+            vif: the interface (default: ``VifSpec()``, bridge ``xenbr0``);
+                without ``devid`` the lowest free one is used, without ``mac``
+                the toolstack picks one in 00:16:3e (recorded, never changes).
+
+        Raises:
+            ConfigError: a malformed spec, devid in use, or the domain is not running.
+            TimeoutError: the backend did not reach InitWait in time.
+        """
+        vif = vif or VifSpec()
+        used = {r.devid for r in self.record.devices if r.kind == "vif"}
+        devid = min(set(range(len(used) + 1)) - used)
+        toolstack = self._host.toolstack
+        await self.attach_device(vif_device_request(vif, devid, toolstack.new_mac))
+        return vif.devid if vif.devid is not None else devid
+
+    async def detach_vif(self, devid: int, *, force: bool = False) -> None:
+        """``xl network-detach``: hot-unplug vif ``devid``.
+
+        Raises:
+            KeyError: no such vif.
+            TimeoutError: unforced and the backend did not close in time.
+        """
+        await self.detach_device("vif", devid, force=force)
+
 
 class Host:
     """A booted simulated host (made by :func:`open_host`).
@@ -274,6 +350,7 @@ class Host:
             counts[f"xenstore_{key}"] = xs[key]
         counts["console_domains"] = len(self.kernel.console.domains())
         counts["backend_devices"] = len(self.kernel.backends.devices)
+        counts["bridge_ports"] = sum(len(b.ports) for b in self.kernel.bridges.values())
         counts["toolstack_records"] = len(self.toolstack.records)
         counts["tasks"] = _count_tasks(self._nursery)
         counts["open_fds"] = _open_fds()
@@ -313,7 +390,8 @@ async def open_host(*, memory_mib: int = DEFAULT_MEMORY_MIB, dom0_mib: int = DEF
                     xenstore_socket: str | None = None,
                     backend_drivers: Mapping[str, type[Backend]] | None = None,
                     frontend_drivers: Mapping[str, type[Frontend]] | None = None,
-                    check_leaks: bool = True) -> AsyncIterator[Host]:
+                    check_leaks: bool = True, nr_pcpus: int = DEFAULT_NR_PCPUS,
+                    scheduler: str = "credit") -> AsyncIterator[Host]:
     """Boot a host: the hypervisor, dom0 and its services; yield a :class:`Host`.
 
     Args:
@@ -326,11 +404,17 @@ async def open_host(*, memory_mib: int = DEFAULT_MEMORY_MIB, dom0_mib: int = DEF
             :mod:`domu.frontends.bus`).
         check_leaks: on a clean exit, raise :class:`LeakError` if anything
             is not back at its post-boot value.
+        nr_pcpus: physical CPUs the hypervisor's scheduler shares among vCPUs.
+        scheduler: ``"credit"`` (credit1) or ``"rr"`` (Xen's ``sched=``).
+
+    The hypervisor's scheduler service (:meth:`Hypervisor.run`) runs for the
+    whole block, so guests can use CPU (``await guest.cpu.run(seconds)``).
 
     Raises:
         LeakError: see ``check_leaks``.
     """
-    hv = Hypervisor(memory_bytes=memory_mib << 20, dom0_pages=dom0_mib * 256)
+    hv = Hypervisor(memory_bytes=memory_mib << 20, dom0_pages=dom0_mib * 256,
+                    nr_pcpus=nr_pcpus, scheduler=scheduler)
     kernel = Dom0Kernel(hv.interface(0), backend_drivers=backend_drivers,
                         xenstore_socket=xenstore_socket)
     host_box: list[Host] = []
@@ -351,7 +435,7 @@ async def open_host(*, memory_mib: int = DEFAULT_MEMORY_MIB, dom0_mib: int = DEF
 
     toolstack = Toolstack(kernel, launcher)
     leak = ""
-    async with trio.open_nursery() as nursery:
+    async with hv.open_service(), trio.open_nursery() as nursery:
         await nursery.start(kernel.run)
         await nursery.start(toolstack.run)
         host = Host(hv, kernel, toolstack, nursery)

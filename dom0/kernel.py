@@ -21,6 +21,12 @@ each with ``nursery.start()`` so it is ready before the next one needs it:
    (:meth:`attach_console`);
 5. the **backend bus** (:mod:`dom0.backends.bus`).
 
+dom0 also owns its network stack's **bridges** (:meth:`Dom0Kernel.bridge`,
+created on first use, e.g. ``xenbr0`` when the first vif joins it) and the
+free pages of its own RAM (:attr:`Dom0Kernel.pages`, drivers' bounce
+buffers). Backend drivers are built by the bus with only the hypercall
+interface; they find their kernel with :meth:`Dom0Kernel.of`.
+
 Every VIRQ_DOM_EXC also wakes :meth:`wait_dom_exc` waiters (the toolstack
 uses it to see a destroyed domain finally disappear - no polling).
 
@@ -38,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -46,12 +53,14 @@ import trio.testing
 
 from dom0.backends.bus import Backend, BackendBus
 from dom0.console.daemon import ConsoleDaemon
+from dom0.native.bridge import DEFAULT_BRIDGE, Bridge
 from dom0.xenstored import XenStore
 from dom0.xenstored.connection import Connection
 from dom0.xenstored.domain import DomainState
 from dom0.xenstored.ring_server import serve_ring
 from dom0.xenstored.unix_server import serve, serve_connection
 from domu.evtchn import EventDispatcher, PortWaiter
+from domu.frontends.bus import PageAllocator
 from domu.xenstore import XenStoreClient, XenStoreProtocolError, open_xenstore
 from hypervisor.domain import XEN_DOMINF_dying, XEN_DOMINF_shutdown
 from hypervisor.errno import Errno, XenError
@@ -67,6 +76,10 @@ _log = logging.getLogger("xensim.dom0")
 
 RING_DETACH_TIMEOUT = 5.0
 """Seconds (trio clock) :meth:`Dom0Kernel.wait_ring_detached` callers allow."""
+
+_KERNELS: weakref.WeakKeyDictionary[HypercallInterface, Dom0Kernel] = (
+    weakref.WeakKeyDictionary())
+"""dom0's hypercall interface -> its kernel (see :meth:`Dom0Kernel.of`)."""
 
 
 class HypervisorDomainInfo:
@@ -149,6 +162,8 @@ class Dom0Kernel:
         xs: dom0's own privileged xenstore client.
         console: the console daemon.
         backends: the backend bus.
+        bridges: name -> :class:`~dom0.native.bridge.Bridge` (see :meth:`bridge`).
+        pages: dom0's free RAM pages (drivers' bounce buffers).
     """
 
     def __init__(self, hc: HypercallInterface, *,
@@ -169,6 +184,33 @@ class Dom0Kernel:
         self.xs: XenStoreClient
         self.console: ConsoleDaemon
         self.backends: BackendBus
+        self.bridges: dict[str, Bridge] = {}
+        self.pages = PageAllocator(hc, range(hc.current_reservation()))
+        _KERNELS[hc] = self
+
+    @classmethod
+    def of(cls, hc: HypercallInterface) -> Dom0Kernel:
+        """The kernel that owns dom0's hypercall interface ``hc``.
+
+        Backend drivers get only ``hc`` from the bus; this is how they reach
+        dom0-wide services (bridges, pages).
+
+        Raises:
+            KeyError: ``hc`` belongs to no kernel (a wiring bug).
+        """
+        return _KERNELS[hc]
+
+    def bridge(self, name: str = DEFAULT_BRIDGE) -> Bridge:
+        """dom0's bridge called ``name``, created (default MTU) on first use.
+
+        Args:
+            name: the bridge name (a vif's ``bridge`` key: toolstack-written,
+                dom0-owned; never guest data).
+        """
+        br = self.bridges.get(name)
+        if br is None:
+            br = self.bridges[name] = Bridge(name)
+        return br
 
     # -- boot ---------------------------------------------------------------------------------
 

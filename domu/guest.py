@@ -18,13 +18,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from domu.frontends.blkfront import BlkFront, BlkfrontDisk  # registers the vbd frontend
 from domu.frontends.console import ConsoleFront
+from domu.frontends.netfront import NetFront  # registers the vif frontend
+from domu.netdev import NetDevice
+from ring.blkif import vdev_encode
 
 if TYPE_CHECKING:
     from domu.frontends.bus import Frontend
     from domu.xenstore import XenStoreClient
+    from hypervisor.hypercall import HypercallInterface
 
-__all__ = ["Guest", "GuestConsole"]
+__all__ = ["Guest", "GuestConsole", "GuestCpu"]
 
 
 class GuestConsole:
@@ -55,6 +60,35 @@ class GuestConsole:
         return await self.front.read(max_bytes)
 
 
+class GuestCpu:
+    """The guest's vCPUs, for programs that compute (``await guest.cpu.run(0.5)``).
+
+    Args:
+        hc: the domain's own hypercall interface.
+    """
+
+    def __init__(self, hc: HypercallInterface) -> None:
+        self._hc = hc
+
+    @property
+    def count(self) -> int:
+        """How many vCPUs the domain has."""
+        return self._hc.nr_vcpus
+
+    async def run(self, seconds: float, vcpu: int = 0) -> None:
+        """Use ``seconds`` of CPU time on ``vcpu`` (returns once the scheduler ran it that long).
+
+        Under contention (other domains computing on the same pCPUs, a cap,
+        a low weight) it takes longer than ``seconds`` of wall time; the
+        time shows in ``xl list``'s Time(s) column.
+
+        Raises:
+            DomainDestroyed: the domain is destroyed meanwhile.
+            XenError: EINVAL for a vCPU the domain lacks.
+        """
+        await self._hc.compute(seconds, vcpu)
+
+
 class Guest:
     """A guest program's handle on its own domain.
 
@@ -68,11 +102,15 @@ class Guest:
         devices: ``"<type>/<devid>"`` -> frontend driver instance, for the
             devices the frontend bus probed (disks and NICs as their
             drivers land).
+        cpu: the domain's vCPUs (:class:`GuestCpu`; None without a
+            hypercall interface, e.g. in unit tests).
     """
 
     def __init__(self, domid: int, name: str, extra: str, console: GuestConsole,
                  xenstore: XenStoreClient, devices: Mapping[str, Frontend],
-                 request_shutdown: Callable[[str], None]) -> None:
+                 request_shutdown: Callable[[str], None], *,
+                 cpu: GuestCpu | None = None) -> None:
+        self.cpu = cpu
         self.domid = domid
         self.name = name
         self.extra = extra
@@ -80,6 +118,33 @@ class Guest:
         self.xenstore = xenstore
         self.devices = devices
         self._request_shutdown = request_shutdown
+
+    def disk(self, name: str | int = "xvda") -> BlkfrontDisk:
+        """The disk ``name`` (``"xvda"``, ``"xvdb"``, or a ``virtual-device`` number).
+
+        The result has the :class:`~domu.blockdev.BlockDevice` API: ``read``,
+        ``write``, ``flush``, ``discard``, ``open``, ``size``...
+
+        Raises:
+            KeyError: this guest has no such disk (or it did not probe).
+            ValueError: not a disk name.
+        """
+        devid = name if isinstance(name, int) else vdev_encode(name)
+        front = self.devices.get(f"vbd/{devid}")
+        if not isinstance(front, BlkFront):
+            raise KeyError(f"{self.name}: no disk {name}")
+        return front.disk
+
+    def nic(self, devid: int = 0) -> NetDevice:
+        """The network interface of vif ``devid`` (``eth<devid>``).
+
+        Raises:
+            KeyError: this guest has no such vif (or it did not probe).
+        """
+        front = self.devices.get(f"vif/{devid}")
+        if not isinstance(front, NetFront):
+            raise KeyError(f"{self.name}: no vif {devid}")
+        return front.netdev
 
     def shutdown(self, reason: str = "poweroff") -> None:
         """Ask the kernel to shut this domain down (``poweroff``, ``reboot``, ``crash``).

@@ -44,7 +44,7 @@ from domu.evtchn import EventDispatcher, PortWaiter
 from domu.frontends.bus import Frontend, FrontendBus, PageAllocator
 from domu.frontends.console import ConsoleFront
 from domu.gnttab import GrantTableClient
-from domu.guest import Guest, GuestConsole
+from domu.guest import Guest, GuestConsole, GuestCpu
 from domu.xenstore import (
     XenStoreClient,
     XenStoreError,
@@ -184,7 +184,7 @@ class GuestKernel:
                     await xs.write(f"{home}/control/{feature}", "1")
                 await nursery.start(self._watch_control, xs, home)
                 guest = Guest(hc.domid, name, si.cmd_line, GuestConsole(console), xs,
-                              bus.devices, self.request_shutdown)
+                              bus.devices, self.request_shutdown, cpu=GuestCpu(hc))
                 reason = await self._run_program(guest)
                 with trio.move_on_after(DEVICE_CLOSE_TIMEOUT):
                     await bus.close_all()

@@ -29,6 +29,7 @@ Lifecycle every backend shares (the table in :mod:`ring.xenbus` decides
 when each hook runs)::
 
     probe()       PUBLISH_FEATURES: write feature keys        -> InitWait (2)
+    hotplug_done() polled each pass until true (vif/vbd): Connected waits for it
     map_ring()    MAP_RING: read the frontend's ring keys, map, bind
     connect()     CONNECT: publish details, start_worker(...)  -> Connected (4)
     disconnect()  DISCONNECT: stop the worker; the base class then unmaps every
@@ -63,7 +64,12 @@ from typing import ClassVar
 import trio
 
 from domu.evtchn import EventDispatcher, PortWaiter
-from domu.xenstore import XenStoreClient, XenStoreError, XenStoreProtocolError
+from domu.xenstore import (
+    XenStoreClient,
+    XenStoreError,
+    XenStoreProtocolError,
+    XenStoreTransaction,
+)
 from hypervisor.errno import XenError
 from hypervisor.grant_table import GNTST_okay
 from hypervisor.hypercall import HypercallInterface
@@ -76,6 +82,7 @@ __all__ = [
     "Backend",
     "BackendBus",
     "BackendDevice",
+    "DeviceGone",
     "Kick",
     "register_backend",
 ]
@@ -87,6 +94,14 @@ BACKEND_DRIVERS: dict[str, type[Backend]] = {}
 
 PEER_ERRORS = (PeerProtocolError, XenError, XenStoreError)
 """Failures a guest can cause in a hook; they make the device fatal, nothing else."""
+
+
+class DeviceGone(Exception):
+    """The device's backend directory was removed (toolstack detach or destroy).
+
+    Raised by :meth:`Backend.publish` instead of writing: a write would
+    recreate the directory the toolstack just removed, leaking its nodes.
+    """
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
@@ -199,6 +214,15 @@ class Backend:
     async def remove(self) -> None:
         """UNREGISTER: the instance is about to be dropped (default: nothing)."""
 
+    async def hotplug_done(self) -> bool:
+        """Has the hotplug step finished (vif: ``hotplug-status`` reads ``connected``)?
+
+        Asked once per pass while the device's table still waits for it (vif,
+        vbd: ``Connected`` is deferred until then); never asked for kinds that
+        need no hotplug. Default: no.
+        """
+        return False
+
     # -- helpers for subclasses ---------------------------------------------------------------
 
     async def read_frontend(self, key: str) -> bytes | None:
@@ -210,8 +234,23 @@ class Backend:
         return await _read_or_none(self.xs, f"{self.dev.backend_path}/{key}")
 
     async def write(self, key: str, value: str | bytes) -> None:
-        """Write a key of the own (backend) dir."""
-        await self.xs.write(f"{self.dev.backend_path}/{key}", value)
+        """Write a key of the own (backend) dir, if the device still exists.
+
+        Raises:
+            DeviceGone: the toolstack removed the device (nothing written).
+        """
+        await self.publish({key: value})
+
+    async def publish(self, keys: Mapping[str, str | bytes]) -> None:
+        """Write several keys of the own dir in one transaction, only if the
+        directory still exists (as Linux's ``xenbus_switch_state`` checks
+        first): a backend finishing slow work after a detach must not
+        recreate the directory the toolstack removed.
+
+        Raises:
+            DeviceGone: the directory is gone; nothing was written.
+        """
+        await publish_keys(self.xs, self.dev.backend_path, keys)
 
     def map_grant(self, ref: int, readonly: bool = False) -> memoryview:
         """Map the frontend's grant ``ref``; unmapped by :meth:`release_resources`.
@@ -297,7 +336,23 @@ class Backend:
     _fatal_from_worker: Callable[[], None] = lambda self: None  # set by the runner
 
 
-async def _read_or_none(xs: XenStoreClient, path: str) -> bytes | None:
+async def publish_keys(xs: XenStoreClient, base: str, keys: Mapping[str, str | bytes]) -> None:
+    """Write ``base/<key>`` for each key in one transaction, if ``base`` exists.
+
+    Raises:
+        DeviceGone: ``base`` was removed; nothing was written.
+    """
+
+    async def txn(tx: XenStoreTransaction) -> None:
+        if await _read_or_none(tx, base) is None:
+            raise DeviceGone(base)
+        for key, value in keys.items():
+            await tx.write(f"{base}/{key}", value)
+
+    await xs.transaction(txn)
+
+
+async def _read_or_none(xs: XenStoreClient | XenStoreTransaction, path: str) -> bytes | None:
     try:
         return await xs.read(path)
     except XenStoreError as exc:
@@ -493,6 +548,9 @@ class BackendBus:
                 online = await _read_or_none(self.xs, f"{runner.dev.backend_path}/online")
                 if online == b"0" and own_state == b"5":
                     await self._apply(runner, m.toolstack_close())
+            if (not m.hotplug and m.lookup(LocalEvent.HOTPLUG_CONNECTED) is not None
+                    and await inst.hotplug_done()):
+                await self._apply(runner, m.hotplug_connected())
             front = await _read_or_none(self.xs, f"{runner.dev.frontend_path}/state")
             try:
                 t = m.frontend_changed(front)
@@ -516,15 +574,20 @@ class BackendBus:
                 continue
             try:
                 await hook()
+            except DeviceGone:
+                # Removed under us: stop, write nothing; the bus's removal
+                # path (the directory vanished) unregisters the instance.
+                await inst.disconnect()
+                return
             except PEER_ERRORS as exc:
                 inst.errors += 1
                 _log.info("%s: %s failed: %s", runner.dev.backend_path, action, exc)
                 await inst.disconnect()
                 await self._fatal(runner)
                 return
-        for key, value in t.writes:
-            with contextlib.suppress(XenStoreError):
-                await self.xs.write(f"{runner.dev.backend_path}/{key}", value)
+        if t.writes:
+            with contextlib.suppress(XenStoreError, DeviceGone):
+                await publish_keys(self.xs, runner.dev.backend_path, dict(t.writes))
 
     async def _fatal(self, runner: _DeviceRunner) -> None:
         """``xenbus_dev_fatal``: this device goes to Closing; nothing else is touched."""

@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import random
 import struct
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Mapping
@@ -60,7 +61,8 @@ from typing import Any
 import trio
 
 from dom0.kernel import Dom0Kernel
-from dom0.toolstack.config import Action, ConfigError, GuestConfig
+from dom0.toolstack.config import XEN_OUI, Action, ConfigError, DiskSpec, GuestConfig, VifSpec
+from dom0.toolstack.xlcfg import vdev_number
 from domu.xenstore import XenStoreClient, XenStoreError, XenStoreTransaction
 from hypervisor.domain import (
     DomainConfig,
@@ -99,6 +101,8 @@ __all__ = [
     "DomainRecord",
     "Toolstack",
     "load_program",
+    "vbd_device_request",
+    "vif_device_request",
 ]
 
 _log = logging.getLogger("xensim.toolstack")
@@ -249,6 +253,8 @@ class Toolstack:
         self._stop = trio.Event()
         self.stopped = trio.Event()
         self._names: set[str] = set()
+        self.rng = random.Random()
+        """Chooses vif MACs (xl: random in 00:16:3e); tests may seed or replace it."""
 
     @property
     def xs(self) -> XenStoreClient:
@@ -334,6 +340,21 @@ class Toolstack:
             except Exception as exc:  # a failed restart leaves the domain destroyed
                 _log.warning("%s: restart failed: %s", rec.name, exc)
 
+    def new_mac(self) -> str:
+        """A random MAC in Xen's OUI ``00:16:3e`` (libxl), unused by our live vifs.
+
+        The last three bytes come from :attr:`rng`; the top bit of the fourth
+        is clear, as libxl does.
+        """
+        used = {r.backend.get("mac") for rec in self.records.values() for r in rec.devices
+                if r.kind == "vif"} | {r.backend.get("mac") for rec in self.building
+                                       for r in rec.devices if r.kind == "vif"}
+        while True:
+            b = self.rng.getrandbits(24)
+            mac = f"{XEN_OUI}:{(b >> 16) & 0x7F:02x}:{(b >> 8) & 0xFF:02x}:{b & 0xFF:02x}"
+            if mac not in used:
+                return mac
+
     # -- create -------------------------------------------------------------------------------
 
     def _device_requests(self, config: GuestConfig,
@@ -342,7 +363,7 @@ class Toolstack:
         for disk in config.disks:
             reqs.append(_vbd_request(disk))
         for i, vif in enumerate(config.vifs):
-            reqs.append(_vif_request(vif, i))
+            reqs.append(_vif_request(vif, i, self.new_mac))
         reqs.extend(extra)
         seen: set[tuple[str, int]] = set()
         for r in reqs:
@@ -416,9 +437,10 @@ class Toolstack:
             name=cfg.name, max_pages=max_pages, nr_pages=0, max_vcpus=cfg.max_vcpus,
             max_evtchn_port=cfg.max_event_channels, max_grant_frames=cfg.max_grant_frames,
             max_maptrack_frames=cfg.max_maptrack_frames, uuid=uuidlib.UUID(rec.uuid),
-            cmdline=cmdline))
+            cmdline=cmdline, **sched_params(cfg, hc.sysctl_physinfo().nr_cpus)))
         rec.domid = domid
         self.records[domid] = rec
+        pin_vcpus(hc, domid, cfg, hc.sysctl_physinfo().nr_cpus)
         await trio.lowlevel.checkpoint()
 
         done = hc.populate_physmap(range(nr_pages), domid=domid)
@@ -733,6 +755,149 @@ class Toolstack:
             for rec in list(self.records.values()):
                 nursery.start_soon(self.destroy, rec)
 
+    # -- hot-plug (xl block-attach / network-attach / *-detach) -------------------------------
+
+    async def attach_device(self, rec: DomainRecord, req: DeviceRequest) -> None:
+        """Hot-plug a device into a running domain (libxl ``device_add``).
+
+        The same one-transaction write as at create time (backend dir,
+        frontend dir, ``/libxl`` copy; xen-abi 5.2); the device is recorded
+        in the toolstack's private record *before* anything is written, so a
+        destroy at any later point removes it. Returns once the backend
+        reached InitWait (the guest's frontend connects on its own).
+
+        Args:
+            rec: the domain (the toolstack's record).
+            req: the device (caller-controlled, e.g. from ``xl block-attach``).
+
+        Raises:
+            ConfigError: no backend driver for ``req.kind``, the device
+                already exists, the domain is not running, or the backend
+                failed (e.g. the image cannot be opened); nothing is left.
+            TimeoutError: the backend did not reach InitWait within
+                :data:`BACKEND_INITWAIT_TIMEOUT`; the device was removed again.
+        """
+        if req.kind not in self.kernel.backends.drivers:
+            raise ConfigError(f"device {req.kind}/{req.devid}: no backend driver for "
+                              f"{req.kind!r} is registered in dom0")
+        async with rec.teardown_lock:  # never interleaves with destroy or another (de)tach
+            d = rec.domid
+            if rec.state != "running" or d is None:
+                raise ConfigError(f"{rec.name}: cannot attach a device to a domain that "
+                                  f"is {rec.state}")
+            if any((r.kind, r.devid) == (req.kind, req.devid) for r in rec.devices):
+                raise ConfigError(f"device {req.kind}/{req.devid} already exists in "
+                                  f"{rec.name}")
+            rec.devices.append(req)
+            rec.devices_written.append(req)
+            try:
+                await self.xs.transaction(lambda tx: self._write_device(tx, rec, req))
+                with trio.fail_after(BACKEND_INITWAIT_TIMEOUT):
+                    await self._wait_backend_state(req.backend_path(d), 2)
+                await self._check_backend_alive(req.backend_path(d), req)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self._forget_device(rec, req, force=True)
+                raise
+
+    async def _check_backend_alive(self, bpath: str, req: DeviceRequest) -> None:
+        """Raise ConfigError if the backend went to Closing/Closed instead of InitWait.
+
+        That is how a backend reports a failed hotplug step (an image that
+        cannot be opened); its ``hotplug-error`` key (dom0-owned) says why.
+        """
+        raw = await _read_or_none(self.xs, f"{bpath}/state")
+        if raw is not None and raw.isdigit() and 2 <= int(raw) <= 4:
+            return
+        why = await _read_or_none(self.xs, f"{bpath}/hotplug-error")
+        reason = why.decode("utf-8", "replace") if why else f"backend state {raw!r}"
+        raise ConfigError(f"device {req.kind}/{req.devid}: the backend failed: {reason}")
+
+    async def detach_device(self, rec: DomainRecord, kind: str, devid: int, *,
+                            force: bool = False) -> None:
+        """Hot-unplug a device (libxl ``device_remove``, or ``device_destroy`` if forced).
+
+        Unforced, the xenbus close handshake runs (backend ``online = 0``,
+        ``state = 5``; wait <= :data:`DEVICE_CLOSE_TIMEOUT` for Closed) when
+        the guest can answer; then the directories are removed and the
+        backend instance is waited for. A guest that cannot answer (paused,
+        shut down) is not waited for.
+
+        Args:
+            rec: the domain (the toolstack's record).
+            kind, devid: which device (caller-controlled).
+            force: skip the handshake; remove the directories at once.
+
+        Raises:
+            KeyError: the toolstack's record has no such device.
+            TimeoutError: unforced, and the backend did not reach Closed in
+                time; the device stays recorded (detach again with ``force``).
+        """
+        async with rec.teardown_lock:
+            req = next((r for r in rec.devices_written
+                        if (r.kind, r.devid) == (kind, devid)), None)
+            if req is None or rec.domid is None or rec.gone.is_set():
+                raise KeyError(f"{rec.name}: no device {kind}/{devid}")
+            await self._forget_device(rec, req, force=force)
+
+    async def _forget_device(self, rec: DomainRecord, req: DeviceRequest, *,
+                             force: bool) -> None:
+        d = rec.domid
+        assert d is not None
+        if not force and self._guest_can_answer(d) and rec.kernel_started:
+            with trio.move_on_after(DEVICE_CLOSE_TIMEOUT) as scope:
+                await self._close_device(rec, req)
+            if scope.cancelled_caught:
+                raise TimeoutError(f"d{d} {rec.name}: device {req.kind}/{req.devid} did "
+                                   f"not close within {DEVICE_CLOSE_TIMEOUT:.0f} s")
+        await self._force_remove_device(rec, req)
+        with contextlib.suppress(ValueError):
+            rec.devices_written.remove(req)
+        with contextlib.suppress(ValueError):
+            rec.devices.remove(req)
+        # libxl__xs_path_cleanup: drop the per-type parents the device left empty
+        for parent in (f"/local/domain/0/backend/{req.kind}/{d}",
+                       f"{rec.dom_path}/device/{req.kind}", f"/libxl/{d}/device/{req.kind}"):
+            with contextlib.suppress(XenStoreError):
+                if not await self.xs.directory(parent):
+                    await self.xs.rm(parent)
+
+
+def _cpu_set(cpulist: str, nr_cpus: int) -> list[int] | None:
+    """An xl CPULIST as pCPU numbers (None = every pCPU)."""
+    from dom0.toolstack.xlcfg import parse_cpulist
+
+    cpus = parse_cpulist(cpulist, nr_cpus)
+    return None if cpus is None or len(cpus) >= nr_cpus else sorted(cpus)
+
+
+def sched_params(cfg: GuestConfig, nr_cpus: int) -> dict[str, Any]:
+    """xl.cfg ``cpu_weight`` / ``cap`` / ``cpus`` as ``DomainConfig`` scheduler fields.
+
+    A single CPULIST (or a per-vCPU list whose entries are all equal) becomes
+    every vCPU's hard affinity at creation; differing per-vCPU lists are
+    applied afterwards by :func:`pin_vcpus` (libxl does the same with
+    ``xc_vcpu_setaffinity`` per vCPU).
+
+    Raises:
+        ConfigError: a CPULIST names a pCPU the host lacks.
+    """
+    cpus = cfg.cpus
+    if isinstance(cpus, list):
+        cpus = cpus[0] if cpus and len(set(cpus)) == 1 else None
+    return {"weight": cfg.cpu_weight, "cap": cfg.cap,
+            "cpus": None if cpus is None else _cpu_set(cpus, nr_cpus)}
+
+
+def pin_vcpus(hc: HypercallInterface, domid: int, cfg: GuestConfig, nr_cpus: int) -> None:
+    """Apply a per-vCPU ``cpus = ["0", "1-2", ...]`` list whose entries differ."""
+    cpus = cfg.cpus
+    if not isinstance(cpus, list) or len(set(cpus)) <= 1:
+        return
+    for vcpu in range(cfg.max_vcpus):
+        cpulist = cpus[vcpu] if vcpu < len(cpus) else "all"
+        hc.domctl_setvcpuaffinity(domid, vcpu, _cpu_set(cpulist, nr_cpus))
+
 
 def _action_for(rec: DomainRecord) -> Action | None:
     reason = rec.shutdown_reason
@@ -776,23 +941,56 @@ def _vbd_request(disk: Any) -> DeviceRequest:
                   "trusted": "1" if disk.trusted else "0"})
 
 
+def vbd_device_request(disk: DiskSpec) -> DeviceRequest:
+    """The device a :class:`DiskSpec` becomes (xen-abi 5.3 toolstack keys).
+
+    Raises:
+        ConfigError: a bad ``vdev`` or ``access``.
+    """
+    if not disk.vdev:
+        raise ConfigError("disk: vdev is mandatory")
+    if disk.access not in ("rw", "ro"):
+        raise ConfigError(f"disk {disk.vdev} access {disk.access!r}: expected rw or ro")
+    return _vbd_request(disk)
+
+
 def _vdev_number(vdev: str) -> int:
-    """xvdX -> (202 << 8) | (index << 4) (xen-abi 6.6, the common xvd form)."""
-    if vdev.isdigit():
-        return int(vdev)
-    if vdev.startswith("xvd") and len(vdev) >= 4 and vdev[3].isalpha():
-        index = ord(vdev[3]) - ord("a")
-        part = int(vdev[4:]) if vdev[4:].isdigit() else 0
-        return (202 << 8) | (index << 4) | part
-    raise ConfigError(f"disk vdev {vdev!r}: only xvdX[N] or a number is supported so far")
+    """The ``virtual-device`` number of a disk name (see :func:`xlcfg.vdev_number`)."""
+    return vdev_number(vdev)
 
 
-def _vif_request(vif: Any, index: int) -> DeviceRequest:
-    """xen-abi 5.4 toolstack keys for one vif (needs a vif backend driver)."""
+def _random_mac() -> str:
+    """A random MAC in 00:16:3e (callers without a toolstack; prefer Toolstack.new_mac)."""
+    b = random.getrandbits(24)
+    return f"{XEN_OUI}:{(b >> 16) & 0x7F:02x}:{(b >> 8) & 0xFF:02x}:{b & 0xFF:02x}"
+
+
+def _vif_request(vif: Any, index: int,
+                 new_mac: Callable[[], str] | None = None) -> DeviceRequest:
+    """xen-abi 5.4 toolstack keys for one vif (needs a vif backend driver).
+
+    A vif without ``mac`` gets ``new_mac()`` once, here: the request is the
+    toolstack's private record, so the MAC never changes for this device.
+    """
     devid = vif.devid if vif.devid is not None else index
-    mac = vif.mac or "00:16:3e:00:00:%02x" % (devid & 0xFF)
+    mac = vif.mac or (new_mac or _random_mac)()
     return DeviceRequest("vif", devid, backend={
         "script": f"/etc/xen/scripts/{vif.script}", "mac": mac, "bridge": vif.bridge,
         "handle": str(devid), "type": "vif", "hotplug-status": "", "mtu": str(vif.mtu)},
         frontend={"handle": str(devid), "mac": mac, "mtu": str(vif.mtu),
                   "trusted": "1" if vif.trusted else "0"})
+
+
+def vif_device_request(vif: VifSpec, devid: int, new_mac: Callable[[], str]) -> DeviceRequest:
+    """The device a :class:`VifSpec` becomes (``xl network-attach``; xen-abi 5.4 keys).
+
+    Args:
+        vif: the interface (caller-controlled; validated here).
+        devid: its device id when ``vif.devid`` is None.
+        new_mac: MAC generator for a vif without one (:meth:`Toolstack.new_mac`).
+
+    Raises:
+        ConfigError: a malformed MAC, devid or MTU.
+    """
+    vif.validate()
+    return _vif_request(vif, devid, new_mac)

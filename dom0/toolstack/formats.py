@@ -1,0 +1,161 @@
+"""xl's output formats, as pure functions of plain data (xen-abi 9.5).
+
+The host daemon answers with plain dicts (they travel as msgpack); these
+functions turn them into exactly the text ``xl`` prints, column for column,
+so scripts written against ``xl`` parse ``xensim`` output unchanged. Each
+function names the ``printf`` format it reproduces; the widths are xl's
+(tools/xl/xl_info.c, xl_vcpu.c, xl_sched.c, xl_utils.c).
+
+Worked example (``xl list`` with dom0 and one guest)::
+
+    >>> print(format_list([  # doctest: +NORMALIZE_WHITESPACE
+    ...     {"name": "Domain-0", "domid": 0, "mem": 4, "vcpus": 1, "state": "r-----",
+    ...      "time": 1.25},
+    ...     {"name": "web", "domid": 1, "mem": 32, "vcpus": 1, "state": "-b----", "time": 0.0}]))
+    Name                                        ID   Mem VCPUs	State	Time(s)
+    Domain-0                                     0     4     1     r-----       1.2
+    web                                          1    32     1     -b----       0.0
+
+(``%8.1f`` rounds half to even on the binary value, as C does: 1.25 -> 1.2.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "INFO_KEY_WIDTH",
+    "LIST_HEADER",
+    "SCHED_CREDIT_HEADER",
+    "VCPU_LIST_HEADER",
+    "format_bitmap",
+    "format_info",
+    "format_list",
+    "format_list_row",
+    "format_sched_credit",
+    "format_sched_credit_pool",
+    "format_sched_credit_row",
+    "format_vcpu_list",
+    "format_vcpu_row",
+]
+
+LIST_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
+"""``xl list``'s header line (the tabs are literal, as in xl)."""
+
+VCPU_LIST_HEADER = (f"{'Name':<32} {'ID':>5} {'VCPU':>5} {'CPU':>5} {'State':>5} "
+                    f"{'Time(s)':>9} Affinity (Hard / Soft)")
+"""``xl vcpu-list``'s header: ``%-32s %5s %5s %5s %5s %9s %s``."""
+
+SCHED_CREDIT_HEADER = f"{'Name':<33} {'ID':>4} {'Weight':>6} {'Cap':>4}"
+"""``xl sched-credit``'s domain header: ``%-33s %4s %6s %4s``."""
+
+INFO_KEY_WIDTH = 23
+"""``xl info`` pads every key to 23 columns, then ``": "``."""
+
+
+def format_list_row(row: Mapping[str, Any]) -> str:
+    """One ``xl list`` row: ``%-40s %5d %5lu %5d     %c%c%c%c%c%c  %8.1f``.
+
+    Args:
+        row: ``name``, ``domid``, ``mem`` (MiB), ``vcpus`` (online),
+            ``state`` (six letters, :meth:`DomainInfo.xl_state`), ``time`` (s).
+    """
+    return (f"{row['name']:<40} {row['domid']:5d} {row['mem']:5d} {row['vcpus']:5d}     "
+            f"{row['state']}  {row['time']:8.1f}")
+
+
+def format_list(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The whole ``xl list`` text (header, then one row per domain; no final newline)."""
+    return "\n".join([LIST_HEADER, *(format_list_row(r) for r in rows)])
+
+
+def format_bitmap(cpus: Iterable[int], nr_cpus: int) -> str:
+    """A CPU set as xl's ``print_bitmap`` prints it over ``nr_cpus`` bits.
+
+    ``all`` when every CPU from 0 to the last is set, ``none`` when empty,
+    otherwise comma-separated ranges (``0-1,3``). Like xl, a set that starts
+    above 0 and runs to the last CPU prints as a range, not ``all``.
+    """
+    chosen = {c for c in cpus if 0 <= c < nr_cpus}
+    if not chosen:
+        return "none"
+    if len(chosen) == nr_cpus:
+        return "all"
+    parts = []
+    c = 0
+    while c < nr_cpus:
+        if c in chosen:
+            start = c
+            while c + 1 < nr_cpus and c + 1 in chosen:
+                c += 1
+            parts.append(str(start) if c == start else f"{start}-{c}")
+        c += 1
+    return ",".join(parts)
+
+
+def format_vcpu_row(row: Mapping[str, Any], nr_cpus: int) -> str:
+    """One ``xl vcpu-list`` row (``print_vcpuinfo``).
+
+    ``%-32s %5u %5u``, then ``%5u %3c%c- `` for an online vCPU (its pCPU,
+    ``r`` running, ``b`` blocked) or ``%5c %3c%cp `` with dashes for an
+    offline one, then ``%9.1f  `` seconds and ``hard / soft`` affinity.
+
+    Args:
+        row: ``name``, ``domid``, ``vcpu``, ``cpu``, ``online``, ``running``,
+            ``blocked``, ``time`` (s), ``hard`` and ``soft`` (CPU lists; None = all).
+        nr_cpus: the host's pCPU count.
+    """
+    head = f"{row['name']:<32} {row['domid']:5d} {row['vcpu']:5d}"
+    if row["online"]:
+        sta = (f"{row['cpu']:5d} {'r' if row['running'] else '-':>3}"
+               f"{'b' if row['blocked'] else '-'}- ")
+    else:
+        sta = f"{'-':>5} {'-':>3}-p "
+    every = range(nr_cpus)
+    hard = format_bitmap(every if row.get("hard") is None else row["hard"], nr_cpus)
+    soft = format_bitmap(every if row.get("soft") is None else row["soft"], nr_cpus)
+    return f"{head}{sta}{row['time']:9.1f}  {hard} / {soft}"
+
+
+def format_vcpu_list(rows: Iterable[Mapping[str, Any]], nr_cpus: int) -> str:
+    """The whole ``xl vcpu-list`` text (header first; no final newline)."""
+    return "\n".join([VCPU_LIST_HEADER, *(format_vcpu_row(r, nr_cpus) for r in rows)])
+
+
+def format_sched_credit_pool(pool: Mapping[str, Any]) -> str:
+    """``Cpupool %s: tslice=%dms ratelimit=%dus migration-delay=%dus``."""
+    return (f"Cpupool {pool['name']}: tslice={pool['tslice_ms']}ms "
+            f"ratelimit={pool['ratelimit_us']}us "
+            f"migration-delay={pool['migration_delay_us']}us")
+
+
+def format_sched_credit_row(row: Mapping[str, Any]) -> str:
+    """One ``xl sched-credit`` domain row: ``%-33s %4d %6d %4d``."""
+    return f"{row['name']:<33} {row['domid']:4d} {row['weight']:6d} {row['cap']:4d}"
+
+
+def format_sched_credit(pools: Sequence[Mapping[str, Any]] | None,
+                        rows: Iterable[Mapping[str, Any]]) -> str:
+    """``xl sched-credit`` output.
+
+    Args:
+        pools: the credit pools to announce (``xl sched-credit`` with no
+            ``-d`` prints each pool's line before its domains); None for
+            ``-d DOMAIN`` (header and that row only). An empty list (no
+            pool runs credit1) prints nothing at all, as xl does.
+        rows: ``name``, ``domid``, ``weight``, ``cap`` per domain.
+    """
+    body = [SCHED_CREDIT_HEADER, *(format_sched_credit_row(r) for r in rows)]
+    if pools is None:
+        return "\n".join(body)
+    out: list[str] = []
+    for pool in pools:  # xensim has a single pool, Pool-0, holding every domain
+        out.append(format_sched_credit_pool(pool))
+        out.extend(body)
+    return "\n".join(out)
+
+
+def format_info(pairs: Iterable[Sequence[Any]]) -> str:
+    """``xl info``: ``key<padding to 23 columns>: value`` per line, in the given order."""
+    return "\n".join(f"{key:<{INFO_KEY_WIDTH}}: {value}" for key, value in pairs)
