@@ -32,6 +32,7 @@ from typing import Any
 import trio
 import trio.testing
 
+import dom0.backends.blkback  # registers the vbd backend
 import dom0.backends.netback  # noqa: F401  (registers the vif backend)
 from dom0.backends.bus import Backend
 from dom0.kernel import Dom0Kernel
