@@ -52,11 +52,13 @@ Worked example (vbd, happy path)::
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "GENERIC",
     "TRANSITIONS",
     "Action",
     "IllegalTransition",
@@ -75,6 +77,12 @@ __all__ = [
 DeviceKind = Literal["vbd", "vif", "console"]
 Role = Literal["frontend", "backend"]
 KINDS: tuple[DeviceKind, ...] = ("vbd", "vif", "console")
+GENERIC = "generic"
+"""The handshake of every other device type (one you write, e.g. the tutorial's ``kv``):
+the frontend publishes its ring when the backend is InitWait (-> 3) and connects when
+the backend is Connected (seeing Connected again is a no-op); the backend needs no
+hotplug script (InitWait -> Connected as soon as the frontend is Initialised)."""
+_DEVICE_TYPE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 class XenbusState(enum.IntEnum):
@@ -259,13 +267,14 @@ def _frontend_rules(kind: DeviceKind) -> list[Rule]:
         add(S.Initialising, L.PROBE, S.Initialised, A.TALK_TO_BACKEND)
     else:
         add(S.Initialising, L.PROBE, S.Initialising)
-    if kind == "vbd":
+    if kind in ("vbd", GENERIC):
         add(S.Initialising, S.InitWait, S.Initialised, A.TALK_TO_BACKEND)
         # backend went straight to Connected (e.g. after resume): talk first
         add(S.Initialising, S.Connected, S.Connected, A.TALK_TO_BACKEND, A.CONNECT)
         add(S.Initialised, S.InitWait, S.Initialised)
         add(S.Initialised, S.Connected, S.Connected, A.CONNECT)
-        add(S.Connected, S.Connected, S.Connected, A.CHECK_RESIZE)
+        add(S.Connected, S.Connected, S.Connected,
+            *((A.CHECK_RESIZE,) if kind == "vbd" else ()))
     elif kind == "vif":
         add(S.Initialising, S.InitWait, S.Connected, A.TALK_TO_BACKEND)
         add(S.Initialising, S.Connected, S.Initialising)
@@ -309,7 +318,7 @@ def _backend_rules(kind: DeviceKind) -> list[Rule]:
 
     # which frontend states mean "my ring is published"
     ready = (S.Connected,) if kind == "vif" else (S.Initialised, S.Connected)
-    hp = kind != "console"  # needs the hotplug script before Connected
+    hp = kind not in ("console", GENERIC)  # needs the hotplug script before Connected
 
     add(S.Initialising, L.PROBE, S.InitWait, A.PUBLISH_FEATURES)
     # -- InitWait: waiting for the frontend (and hotplug) --
@@ -367,7 +376,8 @@ def _backend_rules(kind: DeviceKind) -> list[Rule]:
 
 
 TRANSITIONS: tuple[Rule, ...] = tuple(
-    rule for kind in KINDS for rule in (*_frontend_rules(kind), *_backend_rules(kind))
+    rule for kind in (*KINDS, GENERIC)  # type: ignore[arg-type]
+    for rule in (*_frontend_rules(kind), *_backend_rules(kind))
 )
 """Every rule, for every device kind and role (data: print it, test it)."""
 
@@ -381,7 +391,9 @@ class XenbusDevice:
     """One end of one device's handshake (a blkfront instance, a netback vif...).
 
     Args:
-        kind: ``"vbd"``, ``"vif"`` or ``"console"`` (driver's choice).
+        kind: the device type: ``"vbd"``, ``"vif"`` and ``"console"`` have their
+            own rows; any other lower-case name (``[a-z][a-z0-9_-]{0,31}``)
+            follows the :data:`GENERIC` rows (driver's choice).
         role: ``"frontend"`` or ``"backend"``.
         state: starting state (the value of the own ``state`` key; 1 for a
             fresh device).
@@ -404,8 +416,9 @@ class XenbusDevice:
     history: list[Transition] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS or self.role not in ("frontend", "backend"):
+        if not _DEVICE_TYPE.fullmatch(self.kind) or self.role not in ("frontend", "backend"):
             raise ValueError(f"unknown device {self.kind!r}/{self.role!r}")
+        self._rows = self.kind if self.kind in KINDS else GENERIC
         self.state = XenbusState(self.state)
 
     def _flag(self, name: str) -> bool:
@@ -424,7 +437,7 @@ class XenbusDevice:
         """The rule that ``event`` would fire now, without firing it."""
         if self.removed:
             return None
-        for rule in _INDEX.get((self.kind, self.role, self.state, event), ()):
+        for rule in _INDEX.get((self._rows, self.role, self.state, event), ()):
             if self._guard_ok(rule.guard):
                 return rule
         return None
