@@ -5,10 +5,16 @@ For every chapter ``docs/tutorials/NN-*.md``:
 * its ``<!-- example: examples/tutorial/chNN_*.py -->`` marker names an
   existing example file;
 * every ```python block is a verbatim excerpt (consecutive lines, trailing
-  whitespace ignored) of that file;
+  whitespace ignored) of that file, or of one of the library files the
+  chapter names with ``<!-- source: PATH -->`` lines (a chapter that teaches
+  a driver shows the driver's own modules);
 * the ```text block right after ``<!-- output: PATH -->`` is exactly what
   running that example's ``main()`` prints;
 * ``docs/tutorials/README.md`` links to it.
+
+A chapter with no runnable code says so with a ``<!-- prose-only -->`` line:
+it then has no example, no output block and no ```python block (all three are
+checked), and is still linked from the index.
 
 New chapters are picked up automatically.
 """
@@ -27,12 +33,22 @@ TUTORIALS = ROOT / "docs" / "tutorials"
 CHAPTERS = sorted(TUTORIALS.glob("[0-9][0-9]-*.md"))
 
 EXAMPLE_MARKER = re.compile(r"^<!-- example: (\S+) -->$", re.M)
+SOURCE_MARKER = re.compile(r"^<!-- source: (\S+) -->$", re.M)
+PROSE_ONLY_MARKER = re.compile(r"^<!-- prose-only -->$", re.M)
 OUTPUT_MARKER = re.compile(r"^<!-- output: (\S+) -->\n```text\n(.*?)^```$", re.M | re.S)
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```$", re.M | re.S)
 
 
 def _lines(text: str) -> list[str]:
     return [line.rstrip() for line in text.rstrip("\n").split("\n")]
+
+
+def _prose_only(chapter: Path) -> bool:
+    return bool(PROSE_ONLY_MARKER.search(chapter.read_text()))
+
+
+CODE_CHAPTERS = [c for c in CHAPTERS if not _prose_only(c)]
+PROSE_CHAPTERS = [c for c in CHAPTERS if _prose_only(c)]
 
 
 def _example(chapter: Path) -> Path:
@@ -52,19 +68,31 @@ def test_there_are_chapters() -> None:
     assert CHAPTERS, "no docs/tutorials/NN-*.md found"
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("chapter", CODE_CHAPTERS, ids=lambda p: p.name)
 def test_code_blocks_are_excerpts_of_the_example(chapter: Path) -> None:
     example = _example(chapter)
-    source = _lines(example.read_text())
+    files = [example]
+    for extra in SOURCE_MARKER.findall(chapter.read_text()):
+        assert (ROOT / extra).is_file(), f"{chapter.name}: source {extra} does not exist"
+        files.append(ROOT / extra)
+    sources = [_lines(f.read_text()) for f in files]
     blocks = PYTHON_BLOCK.findall(chapter.read_text())
     assert blocks, f"{chapter.name} shows no code"
     for block in blocks:
-        assert _contains(source, _lines(block)), (
+        assert any(_contains(source, _lines(block)) for source in sources), (
             f"{chapter.name}: this block is not a verbatim excerpt of "
-            f"{example.relative_to(ROOT)}:\n{block}")
+            f"{', '.join(str(f.relative_to(ROOT)) for f in files)}:\n{block}")
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("chapter", PROSE_CHAPTERS, ids=lambda p: p.name)
+def test_prose_only_chapter_has_no_code(chapter: Path) -> None:
+    text = chapter.read_text()
+    assert not EXAMPLE_MARKER.search(text), f"{chapter.name}: prose-only, but names an example"
+    assert not OUTPUT_MARKER.search(text), f"{chapter.name}: prose-only, but has an output"
+    assert not PYTHON_BLOCK.search(text), f"{chapter.name}: prose-only, but shows Python"
+
+
+@pytest.mark.parametrize("chapter", CODE_CHAPTERS, ids=lambda p: p.name)
 def test_output_block_is_what_the_example_prints(
     chapter: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
