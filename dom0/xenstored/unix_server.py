@@ -93,44 +93,91 @@ async def serve_connection(xs: XenStore, stream: ByteStream, conn: Connection) -
     queued = _Signal()
     space = _Signal()
 
+    # Replies go out from the reader itself when the writer is idle (one
+    # event-loop turn per request instead of three); the writer task sends
+    # whatever else is queued: watch events caused by other connections, and
+    # output produced while a send is already in progress. ``sending`` keeps
+    # the two from ever calling send_all at the same time.
+    handling = False  # the reader is inside xs.handle() for this connection
+    deferred = False  # output produced during handling, not yet signalled
+    sending = False
+
     def on_output() -> None:
-        output.set()
+        nonlocal deferred
         queued.set()
+        if handling:
+            deferred = True
+        else:
+            output.set()
 
     conn.on_output = on_output
     limit = xs.outstanding_limit(conn)
     chunk = SEND_CHUNK if conn.privileged else DOMAIN_SEND_CHUNK
     in_flight = 0  # replies taken from the queue but not yet delivered
 
-    async def writer() -> None:
-        nonlocal in_flight
-        while True:
-            if not conn.out:
-                await output.wait()
-                continue
+    async def send_queued() -> None:
+        nonlocal in_flight, sending
+        sending = True
+        try:
             data, replies = conn.take_output_counted(xs.clock(), chunk)
             in_flight = replies
             if data:
                 await stream.send_all(data)
             in_flight = 0
-            space.set()
+        finally:
+            sending = False
+        space.set()
+
+    async def writer() -> None:
+        while True:
+            if not conn.out or sending:
+                await output.wait()
+                continue
+            await send_queued()
+
+    async def flush_deferred() -> None:
+        nonlocal deferred
+        if not deferred:
+            return
+        deferred = False
+        if sending:
+            output.set()  # the writer (or the send in progress) takes it
+            return
+        await send_queued()
+        if conn.out:
+            output.set()  # more arrived meanwhile (or past one chunk)
 
     async def reader() -> None:
+        nonlocal handling, deferred
         while True:
             data = await stream.receive_some(RECEIVE_CHUNK)
             if not data:
+                await flush_deferred()
                 return
             for item in parser.feed(data):
                 if isinstance(item, WireViolation):
+                    await flush_deferred()
                     xs.mark_broken(conn, item.ring_error)
                     return
-                while conn.replies_queued + in_flight >= limit:
-                    await space.wait()
+                if conn.replies_queued + in_flight >= limit:
+                    if deferred:  # the writer must drain before we go on
+                        deferred = False
+                        output.set()
+                    while conn.replies_queued + in_flight >= limit:
+                        await space.wait()
                 while (delay := xs.input_delay(conn)) is not None:
+                    if deferred:
+                        deferred = False
+                        output.set()
                     await trio.sleep(delay)  # out of conflict credit: held, not refused
-                xs.handle(conn, item)
+                handling = True
+                try:
+                    xs.handle(conn, item)
+                finally:
+                    handling = False
                 if conn.closed:
                     return
+            await flush_deferred()
 
     async def expirer() -> None:
         while True:

@@ -377,3 +377,41 @@ async def test_introduce_and_release_through_the_client(server: Server) -> None:
         await xs.release(7)
         with pytest.raises(XenStoreError):
             await xs.release(7)
+
+
+async def test_inline_replies_and_writer_events_interleave_without_loss(
+    server: Server,
+) -> None:
+    """Replies leave from the reader task when the writer is idle; watch events
+    caused by other connections leave from the writer. With one connection
+    pipelining requests while another's writes fire its watch, every reply
+    arrives in order, every event arrives, and the two never send at once."""
+    n = 300
+    async with open_xenstore_unix(server.path) as watcher, \
+            open_xenstore_unix(server.path) as writer, watcher.watch("/inter") as events:
+        assert await events.__anext__() == "/inter"  # fires once on registration
+        got_events: list[str] = []
+        replies: list[bytes] = []
+
+        async def write_all() -> None:
+            for i in range(n):
+                await writer.write(f"/inter/k{i}", str(i))
+
+        async def read_back() -> None:
+            for i in range(n):  # interleaved with the events it receives
+                await watcher.write(f"/mine/{i}", str(i))
+                replies.append(await watcher.read(f"/mine/{i}"))
+
+        async def collect() -> None:
+            async for path in events:
+                got_events.append(path)
+                if len(got_events) == n + 1:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write_all)
+            nursery.start_soon(read_back)
+            nursery.start_soon(collect)
+    assert replies == [str(i).encode() for i in range(n)]
+    # the first write also creates /inter itself, which fires the watch too
+    assert got_events == ["/inter"] + [f"/inter/k{i}" for i in range(n)]
