@@ -64,6 +64,7 @@ from typing import ClassVar
 import trio
 
 from domu.evtchn import EventDispatcher, PortWaiter
+from domu.sync import Kick
 from domu.xenstore import (
     XenStoreClient,
     XenStoreError,
@@ -114,26 +115,6 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
         raise ValueError(f"a backend for {cls.kind!r} is already registered")
     BACKEND_DRIVERS[cls.kind] = cls
     return cls
-
-
-class Kick:
-    """A re-armable wake-up flag: many :meth:`set` calls, one wake (coalescing)."""
-
-    __slots__ = ("_event", "count")
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-        self.count = 0
-
-    def set(self) -> None:
-        """Request a pass (cheap; idempotent until the waiter runs)."""
-        self.count += 1
-        self._event.set()
-
-    async def wait(self) -> None:
-        """Return once :meth:`set` was called since the last wait returned."""
-        await self._event.wait()
-        self._event = trio.Event()
 
 
 @dataclass(frozen=True)

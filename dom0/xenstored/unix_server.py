@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 import trio
 
+from domu.sync import Kick
 from ring.xs_wire import MessageParser, WireViolation
 
 from .connection import Connection
@@ -60,22 +61,6 @@ class ByteStream(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _Signal:
-    """A re-armable wake-up flag (set from sync code, awaited by one task)."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = trio.Event()
-
-
 async def serve_connection(xs: XenStore, stream: ByteStream, conn: Connection) -> None:
     """Serve ``conn`` over ``stream`` until the peer closes or breaks framing.
 
@@ -89,9 +74,9 @@ async def serve_connection(xs: XenStore, stream: ByteStream, conn: Connection) -
         the core and the stream closed. Never raises on peer behaviour.
     """
     parser = MessageParser()
-    output = _Signal()
-    queued = _Signal()
-    space = _Signal()
+    output = Kick()
+    queued = Kick()
+    space = Kick()
 
     # Replies go out from the reader itself when the writer is idle (one
     # event-loop turn per request instead of three); the writer task sends

@@ -47,6 +47,7 @@ import trio
 
 from domu.evtchn import EventDispatcher, PortWaiter
 from domu.gnttab import GrantTableClient
+from domu.sync import Kick
 from domu.xenstore import XenStoreClient, XenStoreError, XenStoreProtocolError
 from hypervisor.errno import XenError
 from hypervisor.hypercall import HypercallInterface
@@ -123,20 +124,6 @@ class PageAllocator:
     def free_count(self) -> int:
         """Pages available."""
         return len(self._free)
-
-
-class _Kick:
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = trio.Event()
 
 
 @dataclass(frozen=True)
@@ -328,7 +315,7 @@ class _Runner:
     def __init__(self, instance: Frontend, machine: XenbusDevice) -> None:
         self.instance = instance
         self.machine = machine
-        self.kick = _Kick()
+        self.kick = Kick()
         self.want_close = False
         self.settled = trio.Event()  # Connected, or given up (Closing/Closed)
         self.closed = trio.Event()
