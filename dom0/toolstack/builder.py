@@ -49,6 +49,7 @@ Xen does) or preserve (leave it shut down for inspection).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import logging
 import random
@@ -335,8 +336,12 @@ class Toolstack:
             return
         await self.destroy(rec)
         if action in (Action.RESTART, Action.RENAME_RESTART, Action.COREDUMP_RESTART):
+            # libxl restarts from the domain's stored config, which includes
+            # devices hot-plugged since create and the MACs it generated: the
+            # devices come from our record, not from the original config.
+            restart = dataclasses.replace(rec.config, disks=[], vifs=[])
             try:
-                rec.successor = await self.create(rec.config)
+                rec.successor = await self.create(restart, devices=list(rec.devices))
             except Exception as exc:  # a failed restart leaves the domain destroyed
                 _log.warning("%s: restart failed: %s", rec.name, exc)
 
@@ -470,6 +475,8 @@ class Toolstack:
         with trio.fail_after(BACKEND_INITWAIT_TIMEOUT):
             for req in rec.devices:
                 await self._wait_backend_state(req.backend_path(domid), 2)
+        for req in rec.devices:  # Closing instead of InitWait: the hotplug step failed
+            await self._check_backend_alive(req.backend_path(domid), req)
 
         rec.undo.append(("guest kernel", lambda: self._stop_kernel(rec)))
         self._launch(rec)
