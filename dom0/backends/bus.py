@@ -57,14 +57,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import trio
 
 from domu.evtchn import EventDispatcher, PortWaiter
-from domu.sync import Kick
+from domu.sync import Kick, RingWorkers
 from domu.xenstore import (
     XenStoreClient,
     XenStoreError,
@@ -137,7 +137,7 @@ class BackendDevice:
     frontend_path: str
 
 
-class Backend:
+class Backend(RingWorkers):
     """Base class of every backend driver (blkback, netback, consoleback...).
 
     Subclasses set :attr:`kind` and override the hooks; they acquire grants
@@ -275,44 +275,15 @@ class Backend:
         while self._grants:
             self.hc.grant_unmap_one(self._grants.pop())
 
-    def start_worker(self, fn: Callable[[], Awaitable[None]]) -> None:
-        """Run ``fn`` (the ring worker) until :meth:`stop_worker`.
+    # -- the ring worker (domu.sync.RingWorkers) ------------------------------------
 
-        A worker that raises a peer error marks the device fatal.
+    _worker_errors = PEER_ERRORS
 
-        Raises:
-            RuntimeError: a worker is already running (a driver bug).
-        """
-        if self._worker is not None:
-            raise RuntimeError(f"{self.dev.backend_path}: worker already running")
-        assert self._nursery is not None
-        scope = trio.CancelScope()
-        done = trio.Event()
-        self._worker, self._worker_done = scope, done
-        self.workers_started += 1
+    def _worker_label(self) -> str:
+        return self.dev.backend_path
 
-        async def run() -> None:
-            try:
-                with scope:
-                    await fn()
-            except PEER_ERRORS as exc:
-                self.errors += 1
-                self.worker_failed = True
-                _log.info("%s: worker stopped: %s", self.dev.backend_path, exc)
-                self._fatal_from_worker()
-            finally:
-                self.workers_stopped += 1
-                done.set()
-
-        self._nursery.start_soon(run)
-
-    async def stop_worker(self) -> None:
-        """Cancel the ring worker and wait until it has stopped (idempotent)."""
-        scope, done = self._worker, self._worker_done
-        self._worker = self._worker_done = None
-        if scope is not None and done is not None:
-            scope.cancel()
-            await done.wait()
+    def _worker_failure(self) -> None:
+        self._fatal_from_worker()
 
     _fatal_from_worker: Callable[[], None] = lambda self: None  # set by the runner
 

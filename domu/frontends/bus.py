@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -47,7 +47,7 @@ import trio
 
 from domu.evtchn import EventDispatcher, PortWaiter
 from domu.gnttab import GrantTableClient
-from domu.sync import Kick
+from domu.sync import Kick, RingWorkers
 from domu.xenstore import XenStoreClient, XenStoreError, XenStoreProtocolError
 from hypervisor.errno import XenError
 from hypervisor.hypercall import HypercallInterface
@@ -145,7 +145,7 @@ class FrontendDevice:
     backend_id: DomId
 
 
-class Frontend:
+class Frontend(RingWorkers):
     """Base class of every frontend driver (blkfront, netfront, consolefront...).
 
     Acquire pages, grants and ports through :meth:`alloc_page`, :meth:`grant`
@@ -264,42 +264,15 @@ class Frontend:
                 self.pages.free(gfn)
             self._pages = []
 
-    def start_worker(self, fn: Callable[[], Awaitable[None]]) -> None:
-        """Run the I/O worker ``fn`` until :meth:`stop_worker`.
+    # -- the ring worker (domu.sync.RingWorkers) ------------------------------------
 
-        Raises:
-            RuntimeError: a worker is already running.
-        """
-        if self._worker is not None:
-            raise RuntimeError(f"{self.dev.path}: worker already running")
-        assert self._nursery is not None
-        scope = trio.CancelScope()
-        done = trio.Event()
-        self._worker, self._worker_done = scope, done
-        self.workers_started += 1
+    _worker_errors = PEER_ERRORS
 
-        async def run() -> None:
-            try:
-                with scope:
-                    await fn()
-            except PEER_ERRORS as exc:
-                self.errors += 1
-                self.worker_failed = True
-                _log.info("%s: worker stopped: %s", self.dev.path, exc)
-                self._kick()
-            finally:
-                self.workers_stopped += 1
-                done.set()
+    def _worker_label(self) -> str:
+        return self.dev.path
 
-        self._nursery.start_soon(run)
-
-    async def stop_worker(self) -> None:
-        """Cancel the worker and wait for it (idempotent)."""
-        scope, done = self._worker, self._worker_done
-        self._worker = self._worker_done = None
-        if scope is not None and done is not None:
-            scope.cancel()
-            await done.wait()
+    def _worker_failure(self) -> None:
+        self._kick()
 
 
 async def _read_or_none(xs: XenStoreClient, path: str) -> bytes | None:
