@@ -61,7 +61,7 @@ from dom0.xenstored.ring_server import serve_ring
 from dom0.xenstored.unix_server import serve, serve_connection
 from domu.evtchn import EventDispatcher, PortWaiter
 from domu.frontends.bus import PageAllocator
-from domu.xenstore import XenStoreClient, XenStoreProtocolError, open_xenstore
+from domu.xenstore import XenStoreClient, open_xenstore
 from hypervisor.domain import XEN_DOMINF_dying, XEN_DOMINF_shutdown
 from hypervisor.errno import Errno, XenError
 from hypervisor.event_channel import VIRQ_CON_RING, VIRQ_DOM_EXC
@@ -243,7 +243,7 @@ class Dom0Kernel:
                 finally:
                     # wake anything still waiting for a reply (e.g. a shielded
                     # UNWATCH during a cancellation): the daemon is going away
-                    xs._fail(XenStoreProtocolError("dom0 is shutting down"))
+                    xs.close("dom0 is shutting down")
             outer.cancel_scope.cancel()
 
     def stop(self) -> None:

@@ -151,7 +151,7 @@ class GuestKernel:
         """Fail every pending xenstore request (even shielded ones): nobody will answer."""
         self._aborted = True
         if self._xs is not None:
-            self._xs._fail(XenStoreProtocolError(f"d{self.hc.domid} is going away"))
+            self._xs.close(f"d{self.hc.domid} is going away")
 
     async def _dispatch(self, disp: EventDispatcher, cancel: trio.CancelScope, *,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,

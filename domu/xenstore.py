@@ -55,6 +55,7 @@ __all__ = [
     "open_xenstore",
     "open_xenstore_ring",
     "open_xenstore_unix",
+    "read_or_none",
 ]
 
 T = TypeVar("T")
@@ -428,6 +429,17 @@ class XenStoreClient(_Ops):
                 if e.name != "EAGAIN" or attempt == retries:
                     raise
         raise AssertionError("unreachable")
+
+
+async def read_or_none(xs: XenStoreClient | XenStoreTransaction, path: str) -> bytes | None:
+    """The value at ``path``, or None if it is missing or not readable by us
+    (``ENOENT`` / ``EACCES``); any other error still raises."""
+    try:
+        return await xs.read(path)
+    except XenStoreError as exc:
+        if exc.name in ("ENOENT", "EACCES"):
+            return None
+        raise
 
 
 @asynccontextmanager

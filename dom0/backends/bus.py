@@ -70,6 +70,7 @@ from domu.xenstore import (
     XenStoreError,
     XenStoreProtocolError,
     XenStoreTransaction,
+    read_or_none,
 )
 from hypervisor.errno import XenError
 from hypervisor.grant_table import GNTST_okay
@@ -208,11 +209,11 @@ class Backend(RingWorkers):
 
     async def read_frontend(self, key: str) -> bytes | None:
         """A key of the frontend dir (guest-controlled), or None if absent."""
-        return await _read_or_none(self.xs, f"{self.dev.frontend_path}/{key}")
+        return await read_or_none(self.xs, f"{self.dev.frontend_path}/{key}")
 
     async def read(self, key: str) -> bytes | None:
         """A key of the own (backend) dir, or None if absent."""
-        return await _read_or_none(self.xs, f"{self.dev.backend_path}/{key}")
+        return await read_or_none(self.xs, f"{self.dev.backend_path}/{key}")
 
     async def write(self, key: str, value: str | bytes) -> None:
         """Write a key of the own (backend) dir, if the device still exists.
@@ -296,21 +297,12 @@ async def publish_keys(xs: XenStoreClient, base: str, keys: Mapping[str, str | b
     """
 
     async def txn(tx: XenStoreTransaction) -> None:
-        if await _read_or_none(tx, base) is None:
+        if await read_or_none(tx, base) is None:
             raise DeviceGone(base)
         for key, value in keys.items():
             await tx.write(f"{base}/{key}", value)
 
     await xs.transaction(txn)
-
-
-async def _read_or_none(xs: XenStoreClient | XenStoreTransaction, path: str) -> bytes | None:
-    try:
-        return await xs.read(path)
-    except XenStoreError as exc:
-        if exc.name in ("ENOENT", "EACCES"):
-            return None
-        raise
 
 
 class _DeviceRunner:
@@ -434,9 +426,9 @@ class BackendBus:
         kind, domid, devid = key
         try:
             bpath = f"{self.base(kind)}/{domid}/{devid}"
-            state = await _read_or_none(self.xs, f"{bpath}/state")
-            frontend = await _read_or_none(self.xs, f"{bpath}/frontend")
-            online = await _read_or_none(self.xs, f"{bpath}/online")
+            state = await read_or_none(self.xs, f"{bpath}/state")
+            frontend = await read_or_none(self.xs, f"{bpath}/frontend")
+            online = await read_or_none(self.xs, f"{bpath}/online")
         except (XenStoreError, XenStoreProtocolError):
             self._probing.discard(key)
             return
@@ -492,18 +484,18 @@ class BackendBus:
                 inst.worker_failed = False
                 await self._fatal(runner)
                 continue
-            own_state = await _read_or_none(self.xs, f"{runner.dev.backend_path}/state")
+            own_state = await read_or_none(self.xs, f"{runner.dev.backend_path}/state")
             if own_state is None:  # forced removal: the toolstack deleted our dir
                 await self._force_remove(runner)
                 return
             if m.online:
-                online = await _read_or_none(self.xs, f"{runner.dev.backend_path}/online")
+                online = await read_or_none(self.xs, f"{runner.dev.backend_path}/online")
                 if online == b"0" and own_state == b"5":
                     await self._apply(runner, m.toolstack_close())
             if (not m.hotplug and m.lookup(LocalEvent.HOTPLUG_CONNECTED) is not None
                     and await inst.hotplug_done()):
                 await self._apply(runner, m.hotplug_connected())
-            front = await _read_or_none(self.xs, f"{runner.dev.frontend_path}/state")
+            front = await read_or_none(self.xs, f"{runner.dev.frontend_path}/state")
             try:
                 t = m.frontend_changed(front)
             except IllegalTransition:

@@ -64,7 +64,7 @@ import trio
 from dom0.kernel import Dom0Kernel
 from dom0.toolstack.config import XEN_OUI, Action, ConfigError, DiskSpec, GuestConfig, VifSpec
 from dom0.toolstack.xlcfg import vdev_number
-from domu.xenstore import XenStoreClient, XenStoreError, XenStoreTransaction
+from domu.xenstore import XenStoreClient, XenStoreError, XenStoreTransaction, read_or_none
 from hypervisor.domain import (
     DomainConfig,
     DomainInfo,
@@ -89,7 +89,6 @@ from ring.console import (
     CONSOLE_PROTOCOL_VT100,
     CONSOLE_TYPE_XENCONSOLED,
 )
-from ring.xs_wire import XsType, encode_strings
 
 __all__ = [
     "BACKEND_INITWAIT_TIMEOUT",
@@ -466,8 +465,7 @@ class Toolstack:
             await self.xs.transaction(lambda tx, req=req: self._write_device(tx, rec, req))
 
         rec.undo.append(("xenstore ring", lambda: self._release_xenstore(rec)))
-        await self.xs._call(XsType.INTRODUCE, encode_strings(
-            str(domid), str(rec.store_gfn), str(rec.store_port)))
+        await self.xs.introduce(domid, rec.store_gfn, rec.store_port)
 
         rec.undo.append(("console", lambda: self._detach_console(rec)))
         self.kernel.attach_console(domid, rec.name, rec.console_port, CONSOLE_DEFAULT_LIMIT)
@@ -572,7 +570,7 @@ class Toolstack:
         """Wait until the dom0-owned backend ``state`` reads >= ``at_least`` (callers bound it)."""
         async with self.xs.watch(f"{bpath}/state") as w:
             async for _ in w:
-                raw = await _read_or_none(self.xs, f"{bpath}/state")
+                raw = await read_or_none(self.xs, f"{bpath}/state")
                 if raw is not None and raw.isdigit() and int(raw) >= at_least:
                     return
 
@@ -673,7 +671,7 @@ class Toolstack:
         bpath = req.backend_path(rec.domid)
 
         async def detach(tx: XenStoreTransaction) -> None:
-            state = await _read_or_none(tx, f"{bpath}/state")
+            state = await read_or_none(tx, f"{bpath}/state")
             if state is None:
                 return
             await tx.write(f"{bpath}/online", "0")
@@ -704,7 +702,7 @@ class Toolstack:
 
     async def _release_xenstore(self, rec: DomainRecord) -> None:
         with contextlib.suppress(XenStoreError):
-            await self.xs._call(XsType.RELEASE, encode_strings(str(rec.domid)))
+            await self.xs.release(rec.domid)
         with trio.move_on_after(RING_DETACH_TIMEOUT):
             await self.kernel.wait_ring_detached(rec.domid)  # type: ignore[arg-type]
 
@@ -813,10 +811,10 @@ class Toolstack:
         That is how a backend reports a failed hotplug step (an image that
         cannot be opened); its ``hotplug-error`` key (dom0-owned) says why.
         """
-        raw = await _read_or_none(self.xs, f"{bpath}/state")
+        raw = await read_or_none(self.xs, f"{bpath}/state")
         if raw is not None and raw.isdigit() and 2 <= int(raw) <= 4:
             return
-        why = await _read_or_none(self.xs, f"{bpath}/hotplug-error")
+        why = await read_or_none(self.xs, f"{bpath}/hotplug-error")
         reason = why.decode("utf-8", "replace") if why else f"backend state {raw!r}"
         raise ConfigError(f"device {req.kind}/{req.devid}: the backend failed: {reason}")
 
@@ -915,15 +913,6 @@ def _action_for(rec: DomainRecord) -> Action | None:
         ShutdownReason.CRASH: cfg.on_crash,
         ShutdownReason.WATCHDOG: cfg.on_watchdog,
     }.get(ShutdownReason(reason)) if reason is not None else Action.DESTROY
-
-
-async def _read_or_none(xs: XenStoreClient | XenStoreTransaction, path: str) -> bytes | None:
-    try:
-        return await xs.read(path)
-    except XenStoreError as exc:
-        if exc.name == "ENOENT":
-            return None
-        raise
 
 
 async def _first_of(*fns: Callable[[], Awaitable[None]]) -> None:

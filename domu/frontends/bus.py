@@ -48,7 +48,7 @@ import trio
 from domu.evtchn import EventDispatcher, PortWaiter
 from domu.gnttab import GrantTableClient
 from domu.sync import Kick, RingWorkers
-from domu.xenstore import XenStoreClient, XenStoreError, XenStoreProtocolError
+from domu.xenstore import XenStoreClient, XenStoreError, XenStoreProtocolError, read_or_none
 from hypervisor.errno import XenError
 from hypervisor.hypercall import HypercallInterface
 from hypervisor.types import DomId, Gfn, GrantRef, Port
@@ -212,11 +212,11 @@ class Frontend(RingWorkers):
 
     async def read_backend(self, key: str) -> bytes | None:
         """A key of the backend dir, or None if absent or unreadable."""
-        return await _read_or_none(self.xs, f"{self.dev.backend_path}/{key}")
+        return await read_or_none(self.xs, f"{self.dev.backend_path}/{key}")
 
     async def read(self, key: str) -> bytes | None:
         """A key of the own (frontend) dir, or None."""
-        return await _read_or_none(self.xs, f"{self.dev.path}/{key}")
+        return await read_or_none(self.xs, f"{self.dev.path}/{key}")
 
     async def write(self, key: str, value: str | bytes) -> None:
         """Write a key of the own dir."""
@@ -273,15 +273,6 @@ class Frontend(RingWorkers):
 
     def _worker_failure(self) -> None:
         self._kick()
-
-
-async def _read_or_none(xs: XenStoreClient, path: str) -> bytes | None:
-    try:
-        return await xs.read(path)
-    except XenStoreError as exc:
-        if exc.name in ("ENOENT", "EACCES"):
-            return None
-        raise
 
 
 class _Runner:
@@ -367,9 +358,9 @@ class FrontendBus:
             if name in self._runners or not devid.isdigit():
                 return
             path = f"{self.home}/device/{kind}/{devid}"
-            state = await _read_or_none(self.xs, f"{path}/state")
-            backend = await _read_or_none(self.xs, f"{path}/backend")
-            backend_id = await _read_or_none(self.xs, f"{path}/backend-id")
+            state = await read_or_none(self.xs, f"{path}/state")
+            backend = await read_or_none(self.xs, f"{path}/backend")
+            backend_id = await read_or_none(self.xs, f"{path}/backend-id")
             if state != b"1" or backend is None or backend_id is None \
                     or not backend_id.isdigit():
                 return
