@@ -64,7 +64,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hypervisor.errno import XenError
 from hypervisor.types import DOMID_SELF, INVALID_MFN, PAGE_SHIFT, PAGE_SIZE, DomId, Mfn
@@ -507,14 +507,7 @@ class GrantTables:
 
     def unmap(self, caller: Domain, ops: Sequence[UnmapGrantRef]) -> list[int]:
         """Unmap a batch; one GNTST status per element."""
-        out = []
-        for op in ops:
-            try:
-                self._unmap_one(caller, op)
-                out.append(GNTST_okay)
-            except GntError as e:
-                out.append(e.status)
-        return out
+        return _statuses(self._unmap_one, caller, ops)
 
     def _unmap_one(self, caller: Domain, op: UnmapGrantRef) -> None:
         entry = caller.maptrack.get(op.handle)
@@ -542,14 +535,7 @@ class GrantTables:
 
     def copy(self, caller: Domain, ops: Sequence[GntCopy]) -> list[int]:
         """Copy a batch; one GNTST status per element (rules: xen-abi 3.3)."""
-        out = []
-        for op in ops:
-            try:
-                self._copy_one(caller, op)
-                out.append(GNTST_okay)
-            except GntError as e:
-                out.append(e.status)
-        return out
+        return _statuses(self._copy_one, caller, ops)
 
     def _copy_side(self, caller: Domain, ptr: GntCopyPtr, is_gref: bool,
                    ) -> Domain:
@@ -593,3 +579,16 @@ class GrantTables:
         if mfn == INVALID_MFN or self._machine.owner[mfn] != caller.domid:
             raise GntError(GNTST_bad_page)
         return Mfn(mfn)
+
+
+def _statuses(fn: Callable[[Domain, Any], None], caller: Domain, ops: Sequence[Any]) -> list[int]:
+    """Run ``fn`` on each element of a batch; its GNTST status, one per element
+    (a failed element never stops the rest, as in Xen)."""
+    out = []
+    for op in ops:
+        try:
+            fn(caller, op)
+            out.append(GNTST_okay)
+        except GntError as e:
+            out.append(e.status)
+    return out
