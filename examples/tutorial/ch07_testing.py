@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 import trio
 from trio.testing import MockClock
 
-from dom0.backends.kvback import KvBack, parse_number
+from dom0.backends.bus import parse_number
+from dom0.backends.kvback import KvBack
 from dom0.conformance import DriverAdapter, check_split_driver, corrupt_sring
 from dom0.host import Host, LeakError, open_host
 from dom0.testing import GuestFactory
