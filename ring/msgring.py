@@ -12,7 +12,7 @@ length-prefixed msgpack message each::
     then       zero padding to the end of the slot
 
 Only plain data crosses (ints, floats, str, bytes, lists, maps, bools, None):
-never a Python object reference (STYLE rule 3). Unpacking is bounded:
+never a Python object reference: domains share only bytes. Unpacking is bounded:
 ``msgpack.unpackb`` gets ``max_*_len`` limits equal to the payload size, lists
 come back as tuples, and any failure (oversize length, truncated or invalid
 msgpack, trailing bytes) becomes a :class:`Message` with ``error`` set. The

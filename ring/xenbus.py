@@ -19,7 +19,7 @@ driver treats a peer-caused one as a protocol error (``fatal()``).
 (frontend | backend) diagram and :func:`render_handshake` prints a whole
 happy-path run, for tutorials.
 
-Facts encoded here (xen-abi section 5; Linux drivers):
+Facts encoded here (Xen's ``io/xenbus.h`` and the Linux drivers):
 
 * blkfront goes 1 -> 3 (Initialised, after publishing ring-ref and
   event-channel) -> 4 once the backend is Connected; netfront goes 1 -> 4
