@@ -39,7 +39,7 @@ import trio
 
 from domu.frontends.bus import Frontend, register_frontend
 from domu.guest import Guest
-from ring.errors import PeerProtocolError
+from ring.errors import PeerProtocolError, RingFullError
 from ring.kvstore import (
     KV_OP_DELETE,
     KV_OP_GET,
@@ -164,6 +164,9 @@ class KvFront(Frontend):
             self._check_open()
             rid = self._new_id()
             self.ring.put_request(KvRequest(rid, op, key, value))  # validates: ValueError
+        except RingFullError:  # only a backend answering more than we asked gets here
+            self._slots.release()
+            raise KvDeviceError(f"{self.dev.kind}/{self.dev.devid}: device broken") from None
         except BaseException:
             self._slots.release()
             raise
@@ -188,22 +191,26 @@ class KvFront(Frontend):
     async def _complete(self) -> None:
         """The worker: consume responses, check each, wake its caller."""
         ring = self.ring
-        while True:
-            for rsp in ring.get_responses():  # raises on an impossible rsp_prod
-                pending = self._inflight.get(rsp.id)
-                if rsp.error is not None:
-                    raise PeerProtocolError(f"bad response: {rsp.error}")
-                if pending is None:
-                    raise PeerProtocolError(f"response id {rsp.id} is not in flight")
-                if rsp.status not in _EXPECTED[pending.op]:
-                    raise PeerProtocolError(f"status {rsp.status} for op {pending.op}")
-                del self._inflight[rsp.id]
-                self._slots.release()
-                pending.response = rsp
-                pending.done.set()
-                self.completed += 1
-            if not ring.final_check_for_responses():
-                await self.waiter.wait()
+        try:
+            while True:
+                for rsp in ring.get_responses():  # raises on an impossible rsp_prod
+                    pending = self._inflight.get(rsp.id)
+                    if rsp.error is not None:
+                        raise PeerProtocolError(f"bad response: {rsp.error}")
+                    if pending is None:
+                        raise PeerProtocolError(f"response id {rsp.id} is not in flight")
+                    if rsp.status not in _EXPECTED[pending.op]:
+                        raise PeerProtocolError(f"status {rsp.status} for op {pending.op}")
+                    del self._inflight[rsp.id]
+                    self._slots.release()
+                    pending.response = rsp
+                    pending.done.set()
+                    self.completed += 1
+                if not ring.final_check_for_responses():
+                    await self.waiter.wait()
+        except PeerProtocolError:  # no new call may start; disconnect fails the rest
+            self._failure = KvDeviceError(f"{self.dev.kind}/{self.dev.devid}: device broken")
+            raise
 
     def _fail_all(self, exc: KvDeviceError) -> None:
         self._failure = exc
