@@ -242,3 +242,26 @@ async def test_driver_options_are_merged_over_the_registry() -> None:
         assert drivers["kv"] is CrashingMapBack
         assert drivers["vbd"] is BACKEND_DRIVERS["vbd"] and "vif" in drivers
     assert "vbd" in FRONTEND_DRIVERS
+
+
+class OldNamesKvBack(KvBack):
+    """A driver written against the old helper names still works, with a warning."""
+
+    async def probe(self) -> None:
+        await self.write("max-key-length", "32")
+        await self.publish({"max-value-length": "64"})
+        assert await self.read("max-key-length") == b"32"
+
+
+@pytest.mark.parametrize("xen_host_options", [{"backend_drivers": {"kv": OldNamesKvBack}}],
+                         indirect=True)
+async def test_old_helper_names_are_deprecated_aliases(
+    autojump_clock: MockClock, guest_factory: GuestFactory, xen_host: Host,
+) -> None:
+    dom = await guest_factory(kv_user)
+    with pytest.deprecated_call(match="is deprecated: use") as seen:
+        await dom.attach_device(KV0)
+        await dom.console.wait_for("kv/0 served b'1'")
+    assert {str(w.message).split("(")[0] for w in seen} >= {
+        "Backend.write", "Backend.publish", "Backend.read"}
+    await dom.destroy()
