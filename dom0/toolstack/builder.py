@@ -87,6 +87,7 @@ from ring.console import (
     CONSOLE_DEFAULT_LIMIT,
     CONSOLE_OUTPUT_PTY,
     CONSOLE_PROTOCOL_VT100,
+    CONSOLE_TYPE_IOEMU,
     CONSOLE_TYPE_XENCONSOLED,
 )
 
@@ -100,6 +101,7 @@ __all__ = [
     "DeviceRequest",
     "DomainRecord",
     "Toolstack",
+    "console_device_request",
     "load_program",
     "vbd_device_request",
     "vif_device_request",
@@ -125,6 +127,8 @@ RING_DETACH_TIMEOUT = 5.0
 KIB_PER_MIB = 1024
 PAGES_PER_MIB = (1 << 20) // PAGE_SIZE
 SPECIAL_PAGES = 2  # console + xenstore, at the top of RAM
+PRIMARY_CONSOLE_DEVID = 0
+"""``backend/console/<D>/0`` is the primary console's node; secondary consoles start at 1."""
 
 
 class CreateAborted(Exception):
@@ -371,6 +375,7 @@ class Toolstack:
         reqs.extend(extra)
         seen: set[tuple[str, int]] = set()
         for r in reqs:
+            _refuse_primary_console(r)
             if r.kind not in self.kernel.backends.drivers:
                 raise ConfigError(f"device {r.kind}/{r.devid}: no backend driver for "
                                   f"{r.kind!r} is registered in dom0")
@@ -779,9 +784,12 @@ class Toolstack:
             ConfigError: no backend driver for ``req.kind``, the device
                 already exists, the domain is not running, or the backend
                 failed (e.g. the image cannot be opened); nothing is left.
+                Also ``console/0``: that is the primary console, which the
+                builder sets up.
             TimeoutError: the backend did not reach InitWait within
                 :data:`BACKEND_INITWAIT_TIMEOUT`; the device was removed again.
         """
+        _refuse_primary_console(req)
         if req.kind not in self.kernel.backends.drivers:
             raise ConfigError(f"device {req.kind}/{req.devid}: no backend driver for "
                               f"{req.kind!r} is registered in dom0")
@@ -923,6 +931,44 @@ async def _first_of(*fns: Callable[[], Awaitable[None]]) -> None:
                 await fn()
                 nursery.cancel_scope.cancel()
             nursery.start_soon(one)
+
+
+def _refuse_primary_console(req: DeviceRequest) -> None:
+    """``console/0`` is the primary console's node (``backend/console/<D>/0``), never a device."""
+    if req.kind == "console" and req.devid == PRIMARY_CONSOLE_DEVID:
+        raise ConfigError("device console/0 is the primary console, which the domain "
+                          "builder sets up; secondary consoles are numbered from 1")
+
+
+def console_device_request(devid: int, name: str | None = None) -> DeviceRequest:
+    """A secondary PV console, ``device/console/<devid>`` (``hvc<devid>`` in the guest).
+
+    The keys libxl's ``libxl__device_console_add`` writes for a console that
+    is not the primary one (xen-abi 8.2): backend ``protocol``; frontend
+    ``limit``, ``type = ioemu`` (served by a device model, QEMU in Xen),
+    ``output``, ``tty`` (empty: no pty) and ``protocol``; ``name`` in both
+    when given. The toolstack adds ``frontend``/``backend``, the ids,
+    ``online`` and ``state``.
+
+    Args:
+        devid: the console number, >= 1 (caller-controlled).
+        name: an optional name (libxl's channel name), 1..64 printable ASCII.
+
+    Raises:
+        ConfigError: ``devid`` < 1 (0 is the primary console) or a bad name.
+    """
+    if isinstance(devid, bool) or not isinstance(devid, int) or devid < 1:
+        raise ConfigError(f"console {devid!r}: secondary consoles are numbered from 1 "
+                          "(0 is the primary console)")
+    back = {"protocol": CONSOLE_PROTOCOL_VT100}
+    front = {"limit": str(CONSOLE_DEFAULT_LIMIT), "type": CONSOLE_TYPE_IOEMU,
+             "output": CONSOLE_OUTPUT_PTY, "tty": "", "protocol": CONSOLE_PROTOCOL_VT100}
+    if name is not None:
+        if not 1 <= len(name) <= 64 or not name.isascii() or not name.isprintable():
+            raise ConfigError(f"console {devid}: name {name!r} must be 1..64 printable "
+                              "ASCII characters")
+        back["name"] = front["name"] = name
+    return DeviceRequest("console", devid, backend=back, frontend=front)
 
 
 def _vbd_request(disk: Any) -> DeviceRequest:
