@@ -53,6 +53,10 @@ class GuestConsole:
         """Like :func:`print`, to the console."""
         await self.write(sep.join(str(a) for a in args) + end)
 
+    async def drain(self) -> None:
+        """Wait until dom0 has read everything written so far (``tcdrain``)."""
+        await self.front.drain()
+
     async def readline(self) -> str:
         """The next line typed on the console, without its newline (like :func:`input`)."""
         line = await self.front.readline()
