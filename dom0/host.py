@@ -19,6 +19,12 @@ console daemon, backend bus and toolstack) inside a nursery and yields a
 resource (frames, ports, grants, mappings, xenstore nodes and watches, trio
 tasks, open files) is back at its value right after boot; if not,
 :class:`LeakError` is raised with a readable diff.
+
+``dom.console`` is a domain's primary console; ``dom.consoles[N]`` reaches
+every console by number, as ``xl console -n N`` counts them. Secondary
+consoles come from :func:`~dom0.toolstack.builder.console_device_request` at
+create time (``host.create(config, devices=[...])``) or from
+:meth:`DomainHandle.attach_console` later.
 """
 
 from __future__ import annotations
@@ -171,7 +177,6 @@ class SecondaryConsole:
         self._host = host
         self._rec = rec
         self.devid = devid
-        self._last: ConsoleBack | None = None
 
     def __repr__(self) -> str:
         return f"<SecondaryConsole d{self._rec.domid} console/{self.devid}>"
@@ -182,10 +187,7 @@ class SecondaryConsole:
         if d is None:
             return None
         inst = self._host.kernel.backends.instance("console", d, self.devid)
-        if isinstance(inst, ConsoleBack):
-            self._last = inst
-            return inst
-        return None
+        return inst if isinstance(inst, ConsoleBack) else None
 
     @property
     def connected(self) -> bool:
@@ -196,15 +198,17 @@ class SecondaryConsole:
     def log(self) -> bytes:
         """What the guest printed on it (its backend's newest ``limit`` bytes).
 
-        After a hot-unplug: what it had printed by then (``b""`` if this
-        handle never saw the backend).
+        Kept after the device is unplugged or the domain is gone (the
+        toolstack's record keeps it, as it keeps the primary console's).
         """
-        back = self.backend() or self._last
-        return back.log() if back is not None else b""
+        back = self.backend()
+        if back is not None:
+            return back.log()
+        return self._rec.final_consoles.get(self.devid, b"")
 
     def stats(self) -> ConsoleStats | None:
-        """The console daemon's counters for it (None before it first connected)."""
-        back = self.backend() or self._last
+        """The console daemon's counters for it (None unless it is connected or was)."""
+        back = self.backend()
         return back.stats() if back is not None else None
 
     def attach(self, *, replay: bool = True) -> AbstractAsyncContextManager[ConsoleSession]:

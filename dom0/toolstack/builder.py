@@ -61,6 +61,8 @@ from typing import Any
 
 import trio
 
+from dom0.backends.bus import Backend
+from dom0.backends.consoleback import ConsoleBack
 from dom0.kernel import Dom0Kernel
 from dom0.toolstack.config import XEN_OUI, Action, ConfigError, DiskSpec, GuestConfig, VifSpec
 from dom0.toolstack.xlcfg import vdev_number
@@ -195,6 +197,8 @@ class DomainRecord:
         shutdown_reason: the reason the hypervisor reported, once shut down.
         successor: the domain a restart created.
         final_console: the console log captured when the console was detached.
+        final_consoles: secondary console number -> its log, captured when
+            that device was removed (unplug or destroy).
     """
 
     config: GuestConfig
@@ -212,6 +216,7 @@ class DomainRecord:
     shutdown_reason: int | None = None
     successor: DomainRecord | None = None
     final_console: bytes = b""
+    final_consoles: dict[int, bytes] = field(default_factory=dict)
     create_scope: trio.CancelScope | None = None
     kernel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     kernel_done: trio.Event = field(default_factory=trio.Event)
@@ -662,13 +667,14 @@ class Toolstack:
         d = rec.domid
         assert d is not None
         reqs = list(rec.devices_written)
+        backs = [self.kernel.backends.instance(req.kind, d, req.devid) for req in reqs]
         if reqs and self._guest_can_answer(d) and rec.kernel_started:
             with trio.move_on_after(DEVICE_CLOSE_TIMEOUT):
                 async with trio.open_nursery() as nursery:
                     for req in reqs:
                         nursery.start_soon(self._close_device, rec, req)
-        for req in reqs:
-            await self._force_remove_device(rec, req)
+        for req, back in zip(reqs, backs):
+            await self._force_remove_device(rec, req, back)
         rec.devices_written.clear()
 
     async def _close_device(self, rec: DomainRecord, req: DeviceRequest) -> None:
@@ -686,7 +692,13 @@ class Toolstack:
         await self.xs.transaction(detach)
         await self._wait_backend_state(bpath, 6)
 
-    async def _force_remove_device(self, rec: DomainRecord, req: DeviceRequest) -> None:
+    async def _force_remove_device(self, rec: DomainRecord, req: DeviceRequest,
+                                   back: Backend | None) -> None:
+        """Remove the device's directories and wait for its backend instance to go.
+
+        ``back`` is that instance as it was before any close handshake (which
+        may already have unregistered it): a console's log is kept in the record.
+        """
         d = rec.domid
         assert d is not None
         for path in (req.frontend_path(d), req.backend_path(d),
@@ -695,6 +707,8 @@ class Toolstack:
                 await self.xs.rm(path)
         with trio.move_on_after(DEVICE_CLOSE_TIMEOUT):
             await self.kernel.backends.wait_removed(req.kind, d, req.devid)
+        if isinstance(back, ConsoleBack):  # keep what it printed, as for the primary console
+            rec.final_consoles[req.devid] = back.log()
 
     async def _remove_nodes(self, rec: DomainRecord) -> None:
         d = rec.domid
@@ -857,13 +871,14 @@ class Toolstack:
                              force: bool) -> None:
         d = rec.domid
         assert d is not None
+        back = self.kernel.backends.instance(req.kind, d, req.devid)
         if not force and self._guest_can_answer(d) and rec.kernel_started:
             with trio.move_on_after(DEVICE_CLOSE_TIMEOUT) as scope:
                 await self._close_device(rec, req)
             if scope.cancelled_caught:
                 raise TimeoutError(f"d{d} {rec.name}: device {req.kind}/{req.devid} did "
                                    f"not close within {DEVICE_CLOSE_TIMEOUT:.0f} s")
-        await self._force_remove_device(rec, req)
+        await self._force_remove_device(rec, req, back)
         with contextlib.suppress(ValueError):
             rec.devices_written.remove(req)
         with contextlib.suppress(ValueError):
