@@ -83,6 +83,7 @@ import trio
 
 from dom0.backends.bus import Backend, register_backend
 from dom0.console.daemon import ConsoleDaemon, ConsoleGone, ConsoleSession, ConsoleStats
+from hypervisor.types import Port
 from ring.console import CONSOLE_DEFAULT_LIMIT
 from ring.errors import PeerProtocolError
 
@@ -121,8 +122,9 @@ class ConsoleBack(Backend):
     Attributes:
         limit: log bytes kept (from ``limit``, clamped) for this connection.
         connections: CONNECTs served so far.
-        broken_reason: why the current connection's page was disabled (None
-            while healthy or disconnected).
+        broken_reason: why the last connection's page was disabled (None
+            while it is healthy).
+        port: dom0's port bound to the frontend's (valid once mapped).
         removed: the bus unregistered this instance.
     """
 
@@ -134,6 +136,7 @@ class ConsoleBack(Backend):
         self.connections = 0
         self.broken_reason: str | None = None
         self.removed = False
+        self.port = Port(0)
         self._page: memoryview | None = None
         self._serving = False
         self._daemon: ConsoleDaemon | None = None
