@@ -57,6 +57,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import chain as _chain
 from itertools import repeat as _repeat
+from operator import le as _le
 from typing import NamedTuple
 
 # --- constants (io/blkif.h) ----------------------------------------------
@@ -137,6 +138,7 @@ _OFF_HANDLE = 2  # u16
 _OFF_ID = 8  # u64
 _OFF_SECTOR = 16  # u64
 _OFF_SEG = 24  # seg[c] at 24 + 8 * c: u32 gref, u8 first_sect (+4), u8 last_sect (+5)
+assert struct.calcsize("<BBH4x") == _OFF_ID and _RW_HDR.size == _OFF_SEG
 _RSP_SLOT = struct.Struct("<QBxh4x96x")  # a response, then the rest of its slot
 assert _RSP_SLOT.size == 112
 # Runs shorter than these go record by record: the column passes cost a few
@@ -656,21 +658,17 @@ class BlkifCodec:
             off += BLKIF_SLOT_SIZE
 
 
-# Every valid (first_sect, last_sect) pair read as one little-endian u16
-# (bytes 4..5 of a blkif_request_segment): first_sect <= last_sect <= 7.
-_VALID_SECTS = frozenset(first | last << 8 for last in range(SECTORS_PER_PAGE)
-                         for first in range(last + 1))
-
-
 def _segments_ok(raw: bytes, start: int, end: int, nr: int) -> bool:
     """Whether segments ``0..nr-1`` of every slot in ``raw[start:end]`` have
     ``first_sect <= last_sect <= 7``, checked one segment position at a time
-    over all the slots."""
-    u16 = memoryview(raw)[start:end].cast("H")
-    per_slot = BLKIF_SLOT_SIZE // 2
-    valid = _VALID_SECTS
-    return all(valid.issuperset(u16[(_OFF_SEG + 8 * c + 4) // 2 :: per_slot])
-               for c in range(nr))
+    over all the slots (``raw[offset::112]`` is that byte of every slot)."""
+    size = BLKIF_SLOT_SIZE
+    for c in range(nr):
+        first = raw[start + _OFF_SEG + 8 * c + 4 : end : size]
+        last = raw[start + _OFF_SEG + 8 * c + 5 : end : size]
+        if max(last) >= SECTORS_PER_PAGE or not all(map(_le, first, last)):
+            return False
+    return True
 
 
 def _decode_rw_columns(raw: bytes, start: int, end: int, nr: int) -> list[BlkifAnyRequest]:
