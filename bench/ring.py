@@ -88,7 +88,7 @@ async def _ring_run(seconds: float) -> tuple[int, int, float]:
             if rsps:
                 done += len(rsps)
                 refill([reqs[r.id] for r in rsps])
-            elif not front.final_check_for_responses():
+            if not front.final_check_for_responses():
                 return
 
     async def backend() -> None:
