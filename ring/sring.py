@@ -142,6 +142,8 @@ REQ_EVENT_OFFSET = 4
 RSP_PROD_OFFSET = 8
 RSP_EVENT_OFFSET = 12
 PVT_OFFSET = 16
+# the same four as indices of SharedRing._hdr (the header as native u32s)
+_REQ_PROD, _REQ_EVENT, _RSP_PROD, _RSP_EVENT = 0, 1, 2, 3
 
 _M = 0xFFFFFFFF
 
@@ -754,11 +756,11 @@ class FrontRing(Generic[ReqT, RspT]):
             True when the backend's ``req_event`` (backend-controlled) lies in
             ``(old req_prod, new req_prod]``: send on the event channel.
         """
-        s = self.sring
-        old = s.req_prod
+        hdr = self.sring._hdr  # the properties, inlined: this runs once per push
+        old = hdr[_REQ_PROD]
         new = self.req_prod_pvt
-        s.req_prod = new
-        return ((new - s.req_event) & _M) < ((new - old) & _M)
+        hdr[_REQ_PROD] = new
+        return ((new - hdr[_REQ_EVENT]) & _M) < ((new - old) & _M)
 
     # -- consuming responses -------------------------------------------
     def unconsumed_responses(self) -> int:
@@ -848,7 +850,7 @@ class FrontRing(Generic[ReqT, RspT]):
         """Read ``rsp_prod`` once, check it; return ``(rsp_cons, how many to take)``."""
         if self.broken:
             raise RingOverflowError("front ring is broken")
-        rp = self.sring.rsp_prod
+        rp = self.sring._hdr[_RSP_PROD]  # read once
         cons = self.rsp_cons
         n = (rp - cons) & _M
         if n > self.sring.nr_ents:
@@ -868,10 +870,12 @@ class FrontRing(Generic[ReqT, RspT]):
             False when ``rsp_event = rsp_cons + 1`` was armed and nothing
             arrived: sleep on the event channel.
         """
-        if self.has_unconsumed_responses():
+        hdr = self.sring._hdr
+        cons = self.rsp_cons
+        if hdr[_RSP_PROD] != cons:
             return True
-        self.sring.rsp_event = self.rsp_cons + 1
-        return self.has_unconsumed_responses()
+        hdr[_RSP_EVENT] = (cons + 1) & _M
+        return hdr[_RSP_PROD] != cons
 
 
 class BackRing(Generic[ReqT, RspT]):
@@ -952,8 +956,9 @@ class BackRing(Generic[ReqT, RspT]):
             a response. ``req_prod`` is frontend-controlled, so the result is
             at most ``nr_ents`` however hostile the frontend.
         """
-        req = (self.sring.req_prod - self.req_cons) & _M
-        rsp = self.sring.nr_ents - ((self.req_cons - self.rsp_prod_pvt) & _M)
+        s = self.sring
+        req = (s._hdr[_REQ_PROD] - self.req_cons) & _M
+        rsp = s.nr_ents - ((self.req_cons - self.rsp_prod_pvt) & _M)
         return req if req < rsp else rsp
 
     def has_unconsumed_requests(self) -> bool:
@@ -1051,7 +1056,7 @@ class BackRing(Generic[ReqT, RspT]):
         if self.broken:
             raise RingOverflowError("back ring is broken")
         s = self.sring
-        rp = s.req_prod
+        rp = s._hdr[_REQ_PROD]  # read once
         if ((rp - self.rsp_prod_pvt) & _M) > s.nr_ents:
             self.broken = True
             raise RingOverflowError(
@@ -1074,10 +1079,10 @@ class BackRing(Generic[ReqT, RspT]):
             False when ``req_event = req_cons + 1`` was armed and nothing
             arrived: sleep on the event channel.
         """
-        if self.has_unconsumed_requests():
+        if self.unconsumed_requests():
             return True
-        self.sring.req_event = self.req_cons + 1
-        return self.has_unconsumed_requests()
+        self.sring._hdr[_REQ_EVENT] = (self.req_cons + 1) & _M
+        return self.unconsumed_requests() != 0
 
     # -- producing responses -------------------------------------------
     def put_response(self, rsp: RspT) -> None:
@@ -1166,8 +1171,8 @@ class BackRing(Generic[ReqT, RspT]):
             True when the frontend's ``rsp_event`` (frontend-controlled) lies
             in ``(old rsp_prod, new rsp_prod]``: send on the event channel.
         """
-        s = self.sring
-        old = s.rsp_prod
+        hdr = self.sring._hdr
+        old = hdr[_RSP_PROD]
         new = self.rsp_prod_pvt
-        s.rsp_prod = new
-        return ((new - s.rsp_event) & _M) < ((new - old) & _M)
+        hdr[_RSP_PROD] = new
+        return ((new - hdr[_RSP_EVENT]) & _M) < ((new - old) & _M)
