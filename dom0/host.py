@@ -19,13 +19,19 @@ console daemon, backend bus and toolstack) inside a nursery and yields a
 resource (frames, ports, grants, mappings, xenstore nodes and watches, trio
 tasks, open files) is back at its value right after boot; if not,
 :class:`LeakError` is raised with a readable diff.
+
+``dom.console`` is a domain's primary console; ``dom.consoles[N]`` reaches
+every console by number, as ``xl console -n N`` counts them. Secondary
+consoles come from :func:`~dom0.toolstack.builder.console_device_request` at
+create time (``host.create(config, devices=[...])``) or from
+:meth:`DomainHandle.attach_console` later.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,12 +41,15 @@ import trio.testing
 import dom0.backends.blkback  # registers the vbd backend
 import dom0.backends.netback  # noqa: F401  (registers the vif backend)
 from dom0.backends.bus import Backend
+from dom0.backends.consoleback import ConsoleBack  # registers the console backend
+from dom0.console.daemon import ConsoleGone, ConsoleSession, ConsoleStats
 from dom0.kernel import Dom0Kernel
 from dom0.toolstack.builder import (
     SHUTDOWN_TIMEOUT,
     DeviceRequest,
     DomainRecord,
     Toolstack,
+    console_device_request,
     load_program,
     vbd_device_request,
     vif_device_request,
@@ -52,7 +61,16 @@ from domu.kernel import GuestKernel
 from hypervisor.domain import ShutdownReason
 from hypervisor.hypervisor import DEFAULT_NR_PCPUS, Hypervisor
 
-__all__ = ["DomainConsole", "DomainHandle", "DomainRow", "Host", "LeakError", "open_host"]
+__all__ = [
+    "DomainConsole",
+    "DomainConsoles",
+    "DomainHandle",
+    "DomainRow",
+    "Host",
+    "LeakError",
+    "SecondaryConsole",
+    "open_host",
+]
 
 DEFAULT_MEMORY_MIB = 4096
 DEFAULT_DOM0_MIB = 1
@@ -144,12 +162,148 @@ class DomainConsole:
             raise TimeoutError(f"console ended without {raw!r}")
 
 
+class SecondaryConsole:
+    """A domain's secondary console ``N`` as dom0 sees it (``xl console -n N``).
+
+    Served by :class:`~dom0.backends.consoleback.ConsoleBack`: output and
+    input flow while the guest's frontend is connected. Get one with
+    ``dom.consoles[N]``.
+
+    Attributes:
+        devid: the console number (>= 1).
+    """
+
+    def __init__(self, host: Host, rec: DomainRecord, devid: int) -> None:
+        self._host = host
+        self._rec = rec
+        self.devid = devid
+
+    def __repr__(self) -> str:
+        return f"<SecondaryConsole d{self._rec.domid} console/{self.devid}>"
+
+    def backend(self) -> ConsoleBack | None:
+        """The backend instance serving it now (None before it exists and after unplug)."""
+        d = self._rec.domid
+        if d is None:
+            return None
+        inst = self._host.kernel.backends.instance("console", d, self.devid)
+        return inst if isinstance(inst, ConsoleBack) else None
+
+    @property
+    def connected(self) -> bool:
+        """Output flows and input can be sent now."""
+        back = self.backend()
+        return back is not None and back.connected
+
+    def log(self) -> bytes:
+        """What the guest printed on it (its backend's newest ``limit`` bytes).
+
+        Kept after the device is unplugged or the domain is gone (the
+        toolstack's record keeps it, as it keeps the primary console's).
+        """
+        back = self.backend()
+        if back is not None:
+            return back.log()
+        return self._rec.final_consoles.get(self.devid, b"")
+
+    def stats(self) -> ConsoleStats | None:
+        """The console daemon's counters for it (None unless it is connected or was)."""
+        back = self.backend()
+        return back.stats() if back is not None else None
+
+    def attach(self, *, replay: bool = True) -> AbstractAsyncContextManager[ConsoleSession]:
+        """``async with dom.consoles[N].attach() as session``: live output and input.
+
+        Raises:
+            ConsoleGone: the console is not connected now.
+        """
+        back = self.backend()
+        if back is None:
+            raise ConsoleGone(f"{self._rec.name}: console {self.devid} has no backend")
+        return back.attach(replay=replay)
+
+    async def send(self, data: bytes | str) -> None:
+        """Type ``data`` into it (waits while the guest's 1 KiB ``in`` ring is full).
+
+        Raises:
+            ConsoleGone: not connected, or it disconnected meanwhile.
+            ConsoleBroken: the guest corrupted the ring's indices.
+        """
+        raw = data.encode() if isinstance(data, str) else data
+        async with self.attach(replay=False) as session:
+            await session.send(raw)
+
+    async def wait_for(self, needle: bytes | str, timeout: float = 10.0) -> bytes:
+        """Wait until its log contains ``needle``; return the log.
+
+        Waits for the guest's frontend to connect (or reconnect) if need be.
+
+        Raises:
+            TimeoutError: not within ``timeout`` seconds (trio clock), or the
+                device was unplugged first.
+        """
+        raw = needle.encode() if isinstance(needle, str) else needle
+        with trio.fail_after(timeout):
+            while raw not in self.log():
+                back = self.backend()
+                if back is None or back.removed:
+                    raise TimeoutError(f"console {self.devid} went away without {raw!r}")
+                if not back.connected:
+                    await back.wait_changed()
+                    continue
+                async with back.attach(replay=False) as session:
+                    if raw in self.log():
+                        break
+                    async for _ in session:  # ends when it disconnects or breaks
+                        if raw in self.log():
+                            break
+            return self.log()
+
+
+class DomainConsoles(Mapping[int, "DomainConsole | SecondaryConsole"]):
+    """A domain's consoles by number, as ``xl console -n N`` counts them.
+
+    ``consoles[0]`` is the primary console (``dom.console``); ``consoles[N]``
+    is secondary console ``N`` for every ``console`` device the toolstack
+    attached (:meth:`DomainHandle.attach_console`, or ``devices=`` at create).
+    """
+
+    def __init__(self, host: Host, rec: DomainRecord, primary: DomainConsole) -> None:
+        self._host = host
+        self._rec = rec
+        self._primary = primary
+
+    def _ids(self) -> list[int]:
+        return sorted(r.devid for r in self._rec.devices if r.kind == "console")
+
+    def __getitem__(self, n: int) -> DomainConsole | SecondaryConsole:
+        """Console ``n``.
+
+        Raises:
+            KeyError: the domain has no such console.
+        """
+        if n == 0:
+            return self._primary
+        if n not in self._ids():
+            raise KeyError(n)
+        return SecondaryConsole(self._host, self._rec, n)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([0, *self._ids()])
+
+    def __len__(self) -> int:
+        return 1 + len(self._ids())
+
+
 class DomainHandle:
     """A handle on one domain (one domid: a reboot makes a new one).
 
     Attributes:
         domid, name: identity.
-        console: its :class:`DomainConsole`.
+        console: its primary console (:class:`DomainConsole`).
+        consoles: every console by number (:class:`DomainConsoles`):
+            ``consoles[0]`` is :attr:`console`, ``consoles[N]`` a
+            :class:`SecondaryConsole`.
     """
 
     def __init__(self, host: Host, rec: DomainRecord) -> None:
@@ -158,6 +312,7 @@ class DomainHandle:
         self.domid = rec.domid
         self.name = rec.name
         self.console = DomainConsole(host, rec)
+        self.consoles = DomainConsoles(host, rec, self.console)
 
     def __repr__(self) -> str:
         return f"<DomainHandle d{self.domid} {self.name} {self.record.state}>"
@@ -274,6 +429,40 @@ class DomainHandle:
             TimeoutError: unforced and the backend did not close in time.
         """
         await self.detach_device("vif", devid, force=force)
+
+    async def attach_console(self, devid: int | None = None, *, name: str | None = None,
+                             ) -> int:
+        """Hot-plug a secondary console (``device/console/<N>``, ``hvc<N>`` in the guest).
+
+        xl has no command for this (libxl adds secondary consoles at create,
+        e.g. for ``channel=``); it is the same device add as for disks and vifs.
+
+        Args:
+            devid: the console number (default: the lowest free one, >= 1).
+            name: an optional name, written to both directories.
+
+        Returns:
+            The console number; ``dom.consoles[N]`` reaches it.
+
+        Raises:
+            ConfigError: ``devid`` < 1, in use, a bad name, or the domain is
+                not running.
+            TimeoutError: the backend did not reach InitWait in time.
+        """
+        if devid is None:
+            used = {r.devid for r in self.record.devices if r.kind == "console"}
+            devid = min(set(range(1, len(used) + 2)) - used)
+        await self.attach_device(console_device_request(devid, name))
+        return devid
+
+    async def detach_console(self, devid: int, *, force: bool = False) -> None:
+        """Hot-unplug secondary console ``devid``.
+
+        Raises:
+            KeyError: no such console.
+            TimeoutError: unforced and the backend did not close in time.
+        """
+        await self.detach_device("console", devid, force=force)
 
 
 class Host:

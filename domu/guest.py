@@ -6,6 +6,7 @@ A guest program is an async function taking one :class:`Guest`::
         await guest.console.print(f"hello from {guest.name} (d{guest.domid})")
         line = await guest.console.readline()        # waits for dom0 input
         await guest.xenstore.write("data/greeting", line)
+        await guest.consoles[1].print("debug")       # a secondary console (hvc1)
 
 Returning normally powers the domain off; raising crashes it (the traceback
 goes to its console); :meth:`Guest.shutdown` asks the kernel for a
@@ -16,15 +17,17 @@ the toolstack cancels the program.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import trio
 
 from domu.frontends.blkfront import BlkFront, BlkfrontDisk  # registers the vbd frontend
 from domu.frontends.console import ConsoleFront
+from domu.frontends.consolefront import SecondaryConsoleFront  # registers "console"
 from domu.frontends.netfront import NetFront  # registers the vif frontend
 from domu.netdev import NetDevice
+from domu.xenstore import read_or_none
 from ring.blkif import vdev_encode
 
 if TYPE_CHECKING:
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
     from domu.xenstore import XenStoreClient
     from hypervisor.hypercall import HypercallInterface
 
-__all__ = ["Guest", "GuestConsole", "GuestCpu"]
+__all__ = ["Guest", "GuestConsole", "GuestConsoles", "GuestCpu"]
 
 F = TypeVar("F", bound="Frontend")
 
@@ -55,6 +58,10 @@ class GuestConsole:
         """Like :func:`print`, to the console."""
         await self.write(sep.join(str(a) for a in args) + end)
 
+    async def drain(self) -> None:
+        """Wait until dom0 has read everything written so far (``tcdrain``)."""
+        await self.front.drain()
+
     async def readline(self) -> str:
         """The next line typed on the console, without its newline (like :func:`input`)."""
         line = await self.front.readline()
@@ -63,6 +70,78 @@ class GuestConsole:
     async def read(self, max_bytes: int = 4096) -> bytes:
         """Whatever input is available (waits for at least one byte)."""
         return await self.front.read(max_bytes)
+
+
+class GuestConsoles(Mapping[int, GuestConsole]):
+    """The guest's consoles by number (``hvc<N>``), a read-only mapping.
+
+    ``consoles[0]`` is the primary console (the same object as
+    ``guest.console``); ``consoles[N]``, N >= 1, is the secondary console the
+    toolstack attached as ``device/console/<N>``
+    (:class:`~domu.frontends.consolefront.SecondaryConsoleFront`), once its
+    ring is set up. A console whose device was unplugged raises
+    :class:`~domu.frontends.console.ConsoleClosed` when used.
+
+    Args:
+        primary: the primary console.
+        devices: the frontend bus's live devices (``"<type>/<devid>"``).
+        xenstore: the guest's xenstore client (for :meth:`wait`).
+    """
+
+    def __init__(self, primary: GuestConsole, devices: Mapping[str, Frontend],
+                 xenstore: XenStoreClient) -> None:
+        self._primary = primary
+        self._devices = devices
+        self._xs = xenstore
+
+    def _front(self, n: int) -> SecondaryConsoleFront | None:
+        front = self._devices.get(f"console/{n}")
+        if isinstance(front, SecondaryConsoleFront) and front.console is not None:
+            return front
+        return None
+
+    def __getitem__(self, n: int) -> GuestConsole:
+        """Console ``n``.
+
+        Raises:
+            KeyError: no such console (or it has not been probed yet).
+        """
+        if n == 0:
+            return self._primary
+        front = self._front(n) if isinstance(n, int) and n > 0 else None
+        if front is None or front.console is None:
+            raise KeyError(n)
+        return GuestConsole(front.console)
+
+    def __iter__(self) -> Iterator[int]:
+        ids = [int(name[8:]) for name in list(self._devices)
+               if name.startswith("console/") and name[8:].isdigit()]
+        yield 0
+        yield from sorted(n for n in ids if n > 0 and self._front(n) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    async def wait(self, n: int) -> GuestConsole:
+        """Wait until console ``n`` is Connected (e.g. after a hot-plug) and return it.
+
+        Callers bound the wait (``trio.fail_after``).
+
+        Raises:
+            ValueError: ``n`` < 0.
+        """
+        if n < 0:
+            raise ValueError("console numbers are >= 0")
+        if n == 0:
+            return self._primary
+        async with self._xs.watch(f"device/console/{n}/state") as events:
+            async for _ in events:
+                state = await read_or_none(self._xs, f"device/console/{n}/state")
+                front = self._front(n)
+                if (state == b"4" and front is not None and front.console is not None
+                        and not front.console.closed):
+                    return GuestConsole(front.console)
+        raise KeyError(n)  # pragma: no cover  (the watch never ends on its own)
 
 
 class GuestCpu:
@@ -101,7 +180,10 @@ class Guest:
         domid: this domain's id.
         name: its name (``/local/domain/<D>/name``).
         extra: the command line (xl.cfg ``extra`` / ``cmdline``).
-        console: the primary console.
+        console: the primary console (``hvc0``).
+        consoles: every console by number (:class:`GuestConsoles`):
+            ``consoles[0]`` is :attr:`console`, ``consoles[1]`` the first
+            secondary console.
         xenstore: this domain's xenstore client (relative paths are under
             ``/local/domain/<D>``).
         devices: ``"<type>/<devid>"`` -> frontend driver instance, for the
@@ -120,6 +202,7 @@ class Guest:
         self.name = name
         self.extra = extra
         self.console = console
+        self.consoles = GuestConsoles(console, devices, xenstore)
         self.xenstore = xenstore
         self.devices = devices
         self._request_shutdown = request_shutdown

@@ -67,6 +67,44 @@ If the ring was attached at ``start = 0xFFFFFFF0``, the same code works
 unchanged: after 32 requests ``req_prod`` wraps to ``0x00000010`` and
 ``(0x10 - 0xFFFFFFF0) & 0xFFFFFFFF == 32``.
 
+**Batch calls.** Each consume/produce call has a batch twin with the same
+contract, the same results, the same page bytes and the same errors:
+:meth:`FrontRing.put_requests_batch`, :meth:`BackRing.get_requests_batch`,
+:meth:`BackRing.put_responses_batch`, :meth:`FrontRing.get_responses_batch`.
+They differ only in how the slots are touched:
+
+* consuming reads the producer index once and checks it exactly as the
+  single call does, then copies *all* the claimed slots out of the page at
+  once (:meth:`SharedRing.copy_slots`: one memcpy per page-contiguous run,
+  so at most two on a one-page ring, split where the indices wrap) and hands
+  that private copy to the codec's batch decoder. Copy once still holds: the
+  page is read once per slot, every check and decode works on the copy;
+* producing hands each page-contiguous run of slots, as one writable view, to
+  the codec's batch encoder, which writes each record straight into its slot
+  (no intermediate ``bytes`` per record), then moves the private producer
+  index once. Nothing is published until the usual push.
+
+A codec opts in with any of ``decode_requests(raw)``, ``decode_responses(raw)``
+(``raw`` = whole slots, result = one record per slot, never raises on
+content), ``encode_requests_into(buf, records)`` and
+``encode_responses_into(buf, records)`` (record ``j`` at ``buf[j * slot_size:]``,
+only its own bytes): see :class:`BatchSlotCodec`. For a codec without them
+(netif, msgpack rings) the batch calls fall back to the codec's per-slot
+methods, so any codec works with either family. The batch calls pay off from
+a handful of slots up; ``ring.blkif``'s batch codec decodes and encodes runs
+of direct requests a field at a time across all the slots (see there).
+
+Worked example (a null blkif backend and its frontend, batch style)::
+
+    front.put_requests_batch(reqs[: front.free_requests()])  # encode in place
+    if front.push_requests_and_check_notify():
+        send_event(port)
+    got = back.get_requests_batch()          # req_prod once, one copy, decode
+    back.put_responses_batch(make_responses(got, BLKIF_RSP_OKAY))
+    if back.push_responses_and_check_notify():
+        send_event(port)
+    done = front.get_responses_batch()       # rsp_prod once, one copy, decode
+
 Barriers: a single-threaded simulation needs none, but the order of stores
 (slots before the producer index; the producer index before reading the event
 index) is kept exactly as in ``ring.h`` so that a multi-process port stays
@@ -85,6 +123,7 @@ __all__ = [
     "PAGE_SIZE",
     "SRING_HEADER_SIZE",
     "BackRing",
+    "BatchSlotCodec",
     "FrontRing",
     "SharedRing",
     "SlotCodec",
@@ -103,6 +142,8 @@ REQ_EVENT_OFFSET = 4
 RSP_PROD_OFFSET = 8
 RSP_EVENT_OFFSET = 12
 PVT_OFFSET = 16
+# the same four as indices of SharedRing._hdr (the header as native u32s)
+_REQ_PROD, _REQ_EVENT, _RSP_PROD, _RSP_EVENT = 0, 1, 2, 3
 
 _M = 0xFFFFFFFF
 
@@ -138,6 +179,42 @@ class SlotCodec(Protocol[ReqT, RspT]):
 
     def decode_response(self, raw: bytes) -> RspT:
         """Record for one response slot copied from the peer; never raises."""
+        ...
+
+
+class BatchSlotCodec(SlotCodec[ReqT, RspT], Protocol):
+    """Optional batch hooks a :class:`SlotCodec` may add (any subset of them).
+
+    The ``*_batch`` ring calls use a hook when the codec has it and otherwise
+    fall back to the per-slot method, so each hook must give exactly what the
+    per-slot method gives: ``decode_requests(raw) == [decode_request(slot)
+    for each slot of raw]``, and ``encode_requests_into`` must leave the same
+    bytes as writing ``encode_request(r)`` at the start of each slot (and
+    nothing beyond it). The same holds for responses.
+    """
+
+    def decode_requests(self, raw: bytes) -> list[ReqT]:
+        """Records for a private copy of ``len(raw) // slot_size`` whole slots.
+
+        Never raises on the content (peer data); may raise ``ValueError`` when
+        ``raw`` is not whole slots (a caller bug).
+        """
+        ...
+
+    def decode_responses(self, raw: bytes) -> list[RspT]:
+        """As :meth:`decode_requests`, for response slots."""
+        ...
+
+    def encode_requests_into(self, buf: memoryview, reqs: Sequence[ReqT]) -> None:
+        """Write ``reqs[j]`` at ``buf[j * slot_size:]`` (``buf``: whole slots, ours).
+
+        May raise on our misuse like ``encode_request``; the slots of the
+        requests before the bad one may have been written.
+        """
+        ...
+
+    def encode_responses_into(self, buf: memoryview, rsps: Sequence[RspT]) -> None:
+        """As :meth:`encode_requests_into`, for responses."""
         ...
 
 
@@ -218,7 +295,9 @@ class SharedRing:
             the index view relies on native order).
     """
 
-    __slots__ = ("_hdr", "_mask", "_slots", "_split", "nr_ents", "pages", "slot_size")
+    __slots__ = (
+        "_area", "_chunks", "_hdr", "_mask", "_slots", "_split", "nr_ents", "pages", "slot_size",
+    )
 
     def __init__(self, pages: Sequence[memoryview], slot_size: int) -> None:
         if sys.byteorder != "little":  # pragma: no cover - all supported hosts are LE
@@ -245,6 +324,24 @@ class SharedRing:
                 tail = self.pages[page + 1][: slot_size - len(head)]
                 self._slots.append(None)
                 self._split[k] = (head, tail)
+        # For the batch calls: maximal runs of slots that lie whole in one page,
+        # as (first slot, end slot, view of exactly those slots); a slot that
+        # straddles a page boundary is a run of its own with view None.
+        self._chunks: list[tuple[int, int, memoryview | None]] = []
+        k = 0
+        while k < self.nr_ents:
+            if self._slots[k] is None:
+                self._chunks.append((k, k + 1, None))
+                k += 1
+                continue
+            start = SRING_HEADER_SIZE + k * slot_size
+            page, off = divmod(start, PAGE_SIZE)
+            end = min(self.nr_ents, k + (PAGE_SIZE - off) // slot_size)
+            self._chunks.append((k, end, self.pages[page][off : off + (end - k) * slot_size]))
+            k = end
+        # The whole slot array as one view when it lies in one page (every
+        # one-page ring): the batch calls' fast path.
+        self._area = self._chunks[0][2] if len(self._chunks) == 1 else None
 
     # -- header ---------------------------------------------------------
     @property
@@ -330,6 +427,140 @@ class SharedRing:
         """Slot numbers that cross a page boundary (for tests and curiosity)."""
         return sorted(self._split)
 
+    # -- runs of slots (the batch calls) --------------------------------
+    def _runs(self, first: int, n: int) -> list[tuple[int, int, memoryview | None]]:
+        """Split ``n`` slots from index ``first`` into page-contiguous runs.
+
+        Returns ``(position in the batch, count, view)`` triples in ring
+        order: ``view`` covers exactly ``count`` whole slots, or is None for
+        one slot that straddles a page boundary (``count`` 1).
+        """
+        if not 0 <= n <= self.nr_ents:
+            raise ValueError(f"{n} slots requested from a {self.nr_ents}-slot ring")
+        k = first & self._mask
+        pieces = [(k, min(k + n, self.nr_ents))]
+        if k + n > self.nr_ents:  # wraps past the last slot
+            pieces.append((0, k + n - self.nr_ents))
+        out: list[tuple[int, int, memoryview | None]] = []
+        pos = 0
+        size = self.slot_size
+        for lo, hi in pieces:
+            for c0, c1, view in self._chunks:
+                a, b = max(lo, c0), min(hi, c1)
+                if a >= b:
+                    continue
+                if view is None:
+                    out.append((pos, 1, None))
+                else:
+                    out.append((pos, b - a, view[(a - c0) * size : (b - c0) * size]))
+                pos += b - a
+        return out
+
+    def copy_slots(self, first: int, n: int) -> bytes:
+        """Copy ``n`` consecutive slots out of the page in one go (batch ``read_slot``).
+
+        Each contiguous run of slots is copied with one memcpy (at most two
+        on a one-page ring: before and after the wrap); the result is the
+        same bytes as ``b"".join(read_slot(first + k) for k in range(n))``.
+
+        Args:
+            first: free-running index of the first slot (ours).
+            n: how many slots, ``0 <= n <= nr_ents`` (ours).
+
+        Returns:
+            A private ``bytes`` copy of ``n * slot_size`` bytes.
+
+        Raises:
+            ValueError: ``n`` out of range (a caller bug).
+        """
+        area = self._area
+        if area is not None and 0 <= n <= self.nr_ents:
+            size = self.slot_size
+            k = first & self._mask
+            end = k + n
+            if end <= self.nr_ents:
+                return bytes(area[k * size : end * size])
+            return b"".join((area[k * size :], area[: (end - self.nr_ents) * size]))
+        views: list[memoryview] = []
+        for pos, _count, view in self._runs(first, n):
+            if view is None:
+                views.extend(self._split[(first + pos) & self._mask])
+            else:
+                views.append(view)
+        return b"".join(views)
+
+    def write_records(
+        self,
+        first: int,
+        records: Sequence[T],
+        encode_into: Callable[[memoryview, Sequence[T]], None],
+        encode: Callable[[T], bytes],
+    ) -> None:
+        """Encode ``records`` straight into consecutive slots from index ``first``.
+
+        The batch form of :meth:`write_slot`: each page-contiguous run of
+        slots is handed to ``encode_into`` as one writable view; a slot that
+        straddles a page boundary is encoded with ``encode`` and written in
+        two pieces. Only the bytes each record's encoding covers are written.
+
+        Args:
+            first: free-running index of the first slot (ours).
+            records: at most ``nr_ents`` records (ours).
+            encode_into: ``(view of k whole slots, k records)`` -> writes
+                record ``j`` at ``j * slot_size`` (a codec's batch encoder).
+            encode: the codec's single-record encoder.
+
+        Raises:
+            ValueError: more records than slots, or an encoding longer than
+                a slot (a codec bug).
+            Whatever the encoders raise for a bad record (our misuse).
+        """
+        area = self._area
+        n = len(records)
+        if area is not None and n <= self.nr_ents:
+            size = self.slot_size
+            k = first & self._mask
+            end = k + n
+            if end <= self.nr_ents:
+                encode_into(area[k * size : end * size], records)
+            else:
+                split = self.nr_ents - k
+                encode_into(area[k * size :], records[:split])
+                encode_into(area[: (end - self.nr_ents) * size], records[split:])
+            return
+        for pos, count, view in self._runs(first, n):
+            if view is None:
+                self.write_slot(first + pos, encode(records[pos]))
+            else:
+                encode_into(view, records[pos : pos + count])
+
+
+def _decode_each(decode: Callable[[bytes], T], slot_size: int) -> Callable[[bytes], list[T]]:
+    """A batch decoder for a codec without one: ``decode`` each slot of the copy."""
+
+    def decode_all(raw: bytes) -> list[T]:
+        return [decode(raw[off : off + slot_size]) for off in range(0, len(raw), slot_size)]
+
+    return decode_all
+
+
+def _encode_each(
+    encode: Callable[[T], bytes], slot_size: int
+) -> Callable[[memoryview, Sequence[T]], None]:
+    """A batch encoder for a codec without one: ``encode`` each record into its slot."""
+
+    def encode_into(buf: memoryview, records: Sequence[T]) -> None:
+        off = 0
+        for rec in records:
+            data = encode(rec)
+            n = len(data)
+            if n > slot_size:
+                raise ValueError(f"{n} bytes do not fit a {slot_size}-byte slot")
+            buf[off : off + n] = data
+            off += slot_size
+
+    return encode_into
+
 
 def _copy_out(s: SharedRing, decode: Callable[[bytes], T], first: int, n: int) -> list[T]:
     """Copy ``n`` slots from index ``first`` out of the page, once each, and
@@ -360,7 +591,10 @@ class FrontRing(Generic[ReqT, RspT]):
         broken: set once the backend published an impossible ``rsp_prod``.
     """
 
-    __slots__ = ("_codec", "broken", "req_prod_pvt", "rsp_cons", "sring")
+    __slots__ = (
+        "_codec", "_decode_responses", "_encode_requests_into", "broken", "req_prod_pvt",
+        "rsp_cons", "sring",
+    )
 
     def __init__(
         self, sring: SharedRing, codec: SlotCodec[ReqT, RspT], start: int = 0
@@ -372,6 +606,13 @@ class FrontRing(Generic[ReqT, RspT]):
         self.req_prod_pvt = start & _M
         self.rsp_cons = start & _M
         self.broken = False
+        size = codec.slot_size
+        self._encode_requests_into: Callable[[memoryview, Sequence[ReqT]], None] = getattr(
+            codec, "encode_requests_into", None
+        ) or _encode_each(codec.encode_request, size)
+        self._decode_responses: Callable[[bytes], list[RspT]] = getattr(
+            codec, "decode_responses", None
+        ) or _decode_each(codec.decode_response, size)
 
     @classmethod
     def init(
@@ -477,6 +718,33 @@ class FrontRing(Generic[ReqT, RspT]):
             i += 1
         self.req_prod_pvt = i & _M
 
+    def put_requests_batch(self, reqs: Sequence[ReqT]) -> None:
+        """Batch :meth:`put_requests`: encode every request straight into its slot.
+
+        Same contract and same page bytes as :meth:`put_requests`; the codec's
+        ``encode_requests_into`` (when it has one) writes each page-contiguous
+        run of slots in one call, so there is no per-request ``bytes`` object
+        and no per-slot slice.
+
+        Args:
+            reqs: request records (ours), at most :meth:`free_requests`.
+
+        Raises:
+            RingFullError: fewer free slots than ``len(reqs)``; nothing written.
+            ValueError, struct.error: a record the codec cannot encode (our
+                bug); ``req_prod_pvt`` is unchanged, and the unpublished slots
+                may hold part of the batch.
+        """
+        n = len(reqs)
+        free = self.free_requests()
+        if n > free:
+            raise RingFullError(f"{n} requests, {free} free slots")
+        if n:
+            self.sring.write_records(
+                self.req_prod_pvt, reqs, self._encode_requests_into, self._codec.encode_request
+            )
+            self.req_prod_pvt = (self.req_prod_pvt + n) & _M
+
     def push_requests(self) -> None:
         """``RING_PUSH_REQUESTS``: publish ``req_prod = req_prod_pvt``, no notify check."""
         self.sring.req_prod = self.req_prod_pvt
@@ -488,11 +756,11 @@ class FrontRing(Generic[ReqT, RspT]):
             True when the backend's ``req_event`` (backend-controlled) lies in
             ``(old req_prod, new req_prod]``: send on the event channel.
         """
-        s = self.sring
-        old = s.req_prod
+        hdr = self.sring._hdr  # the properties, inlined: this runs once per push
+        old = hdr[_REQ_PROD]
         new = self.req_prod_pvt
-        s.req_prod = new
-        return ((new - s.req_event) & _M) < ((new - old) & _M)
+        hdr[_REQ_PROD] = new
+        return ((new - hdr[_REQ_EVENT]) & _M) < ((new - old) & _M)
 
     # -- consuming responses -------------------------------------------
     def unconsumed_responses(self) -> int:
@@ -547,9 +815,42 @@ class FrontRing(Generic[ReqT, RspT]):
             RingOverflowError: ``rsp_prod - rsp_cons > nr_ents`` (backend
                 misbehaved) now or earlier; the ring is marked broken.
         """
+        cons, n = self._claim_responses(limit)
+        out = _copy_out(self.sring, self._codec.decode_response, cons, n)
+        self.rsp_cons = (cons + n) & _M
+        return out
+
+    def get_responses_batch(self, limit: int | None = None) -> list[RspT]:
+        """Batch :meth:`get_responses`: one copy of all the slots, one batch decode.
+
+        Same checks, same results and same errors as :meth:`get_responses`:
+        ``rsp_prod`` is read once and checked, then the slots are copied out
+        of the page in one go (:meth:`SharedRing.copy_slots`) and the private
+        copy is decoded with the codec's ``decode_responses`` (when it has
+        one). The page is never read again for these responses.
+
+        Args:
+            limit: at most this many (bounds the work per event); ours.
+
+        Returns:
+            Decoded responses in ring order (possibly empty).
+
+        Raises:
+            RingOverflowError: ``rsp_prod - rsp_cons > nr_ents`` (backend
+                misbehaved) now or earlier; the ring is marked broken.
+        """
+        cons, n = self._claim_responses(limit)
+        if not n:
+            return []
+        out = self._decode_responses(self.sring.copy_slots(cons, n))
+        self.rsp_cons = (cons + n) & _M
+        return out
+
+    def _claim_responses(self, limit: int | None) -> tuple[int, int]:
+        """Read ``rsp_prod`` once, check it; return ``(rsp_cons, how many to take)``."""
         if self.broken:
             raise RingOverflowError("front ring is broken")
-        rp = self.sring.rsp_prod
+        rp = self.sring._hdr[_RSP_PROD]  # read once
         cons = self.rsp_cons
         n = (rp - cons) & _M
         if n > self.sring.nr_ents:
@@ -559,9 +860,7 @@ class FrontRing(Generic[ReqT, RspT]):
             )
         if limit is not None and n > limit:
             n = max(limit, 0)
-        out = _copy_out(self.sring, self._codec.decode_response, cons, n)
-        self.rsp_cons = (cons + n) & _M
-        return out
+        return cons, n
 
     def final_check_for_responses(self) -> bool:
         """``RING_FINAL_CHECK_FOR_RESPONSES``: re-arm ``rsp_event`` and re-check.
@@ -571,10 +870,12 @@ class FrontRing(Generic[ReqT, RspT]):
             False when ``rsp_event = rsp_cons + 1`` was armed and nothing
             arrived: sleep on the event channel.
         """
-        if self.has_unconsumed_responses():
+        hdr = self.sring._hdr
+        cons = self.rsp_cons
+        if hdr[_RSP_PROD] != cons:
             return True
-        self.sring.rsp_event = self.rsp_cons + 1
-        return self.has_unconsumed_responses()
+        hdr[_RSP_EVENT] = (cons + 1) & _M
+        return hdr[_RSP_PROD] != cons
 
 
 class BackRing(Generic[ReqT, RspT]):
@@ -596,7 +897,10 @@ class BackRing(Generic[ReqT, RspT]):
         broken: set once the frontend published an impossible ``req_prod``.
     """
 
-    __slots__ = ("_codec", "broken", "req_cons", "rsp_prod_pvt", "sring")
+    __slots__ = (
+        "_codec", "_decode_requests", "_encode_responses_into", "broken", "req_cons",
+        "rsp_prod_pvt", "sring",
+    )
 
     def __init__(
         self, sring: SharedRing, codec: SlotCodec[ReqT, RspT], start: int = 0
@@ -608,6 +912,13 @@ class BackRing(Generic[ReqT, RspT]):
         self.rsp_prod_pvt = start & _M
         self.req_cons = start & _M
         self.broken = False
+        size = codec.slot_size
+        self._decode_requests: Callable[[bytes], list[ReqT]] = getattr(
+            codec, "decode_requests", None
+        ) or _decode_each(codec.decode_request, size)
+        self._encode_responses_into: Callable[[memoryview, Sequence[RspT]], None] = getattr(
+            codec, "encode_responses_into", None
+        ) or _encode_each(codec.encode_response, size)
 
     @classmethod
     def attach(
@@ -645,8 +956,9 @@ class BackRing(Generic[ReqT, RspT]):
             a response. ``req_prod`` is frontend-controlled, so the result is
             at most ``nr_ents`` however hostile the frontend.
         """
-        req = (self.sring.req_prod - self.req_cons) & _M
-        rsp = self.sring.nr_ents - ((self.req_cons - self.rsp_prod_pvt) & _M)
+        s = self.sring
+        req = (s._hdr[_REQ_PROD] - self.req_cons) & _M
+        rsp = s.nr_ents - ((self.req_cons - self.rsp_prod_pvt) & _M)
         return req if req < rsp else rsp
 
     def has_unconsumed_requests(self) -> bool:
@@ -705,10 +1017,46 @@ class BackRing(Generic[ReqT, RspT]):
             RingOverflowError: ``req_prod - rsp_prod_pvt > nr_ents`` (the
                 frontend misbehaved) now or earlier; the ring is marked broken.
         """
+        cons, n = self._claim_requests(limit)
+        out = _copy_out(self.sring, self._codec.decode_request, cons, n)
+        self.req_cons = (cons + n) & _M
+        return out
+
+    def get_requests_batch(self, limit: int | None = None) -> list[ReqT]:
+        """Batch :meth:`get_requests`: one copy of all the slots, one batch decode.
+
+        Same checks, same results and same errors as :meth:`get_requests`:
+        ``req_prod`` is read once and checked (``request_prod_overflow``),
+        then every claimed slot is copied out of the page in one go
+        (:meth:`SharedRing.copy_slots`: one memcpy per contiguous run) and the
+        private copy is decoded and validated with the codec's
+        ``decode_requests`` (when it has one). The shared page is never read
+        again for these requests (copy once, XSA-155).
+
+        Args:
+            limit: at most this many (bounds work per event); ours.
+
+        Returns:
+            Decoded requests in ring order (possibly empty). Records with a
+            non-None ``error`` must be answered with an error response.
+
+        Raises:
+            RingOverflowError: ``req_prod - rsp_prod_pvt > nr_ents`` (the
+                frontend misbehaved) now or earlier; the ring is marked broken.
+        """
+        cons, n = self._claim_requests(limit)
+        if not n:
+            return []
+        out = self._decode_requests(self.sring.copy_slots(cons, n))
+        self.req_cons = (cons + n) & _M
+        return out
+
+    def _claim_requests(self, limit: int | None) -> tuple[int, int]:
+        """Read ``req_prod`` once, check it; return ``(req_cons, how many to take)``."""
         if self.broken:
             raise RingOverflowError("back ring is broken")
         s = self.sring
-        rp = s.req_prod
+        rp = s._hdr[_REQ_PROD]  # read once
         if ((rp - self.rsp_prod_pvt) & _M) > s.nr_ents:
             self.broken = True
             raise RingOverflowError(
@@ -721,9 +1069,7 @@ class BackRing(Generic[ReqT, RspT]):
             n = room
         if limit is not None and n > limit:
             n = max(limit, 0)
-        out = _copy_out(s, self._codec.decode_request, cons, n)
-        self.req_cons = (cons + n) & _M
-        return out
+        return cons, n
 
     def final_check_for_requests(self) -> bool:
         """``RING_FINAL_CHECK_FOR_REQUESTS``: re-arm ``req_event`` and re-check.
@@ -733,10 +1079,10 @@ class BackRing(Generic[ReqT, RspT]):
             False when ``req_event = req_cons + 1`` was armed and nothing
             arrived: sleep on the event channel.
         """
-        if self.has_unconsumed_requests():
+        if self.unconsumed_requests():
             return True
-        self.sring.req_event = self.req_cons + 1
-        return self.has_unconsumed_requests()
+        self.sring._hdr[_REQ_EVENT] = (self.req_cons + 1) & _M
+        return self.unconsumed_requests() != 0
 
     # -- producing responses -------------------------------------------
     def put_response(self, rsp: RspT) -> None:
@@ -785,6 +1131,35 @@ class BackRing(Generic[ReqT, RspT]):
         if len(rsps) > room:
             raise RingUsageError("no consumed request left to answer")
 
+    def put_responses_batch(self, rsps: Iterable[RspT]) -> None:
+        """Batch :meth:`put_responses`: encode every response straight into its slot.
+
+        Same contract and same page bytes as :meth:`put_responses`; the
+        codec's ``encode_responses_into`` (when it has one) writes each
+        page-contiguous run of slots in one call. Only each response's own
+        bytes are written (16 for blkif): the rest of the slot keeps the
+        request that was there, exactly as C's ``*RING_GET_RESPONSE() = rsp``.
+
+        Args:
+            rsps: response records (ours), one per consumed request at most.
+
+        Raises:
+            RingUsageError: more responses than consumed requests; the ones
+                that fitted were written and ``rsp_prod_pvt`` counts them.
+            ValueError, struct.error: a record the codec cannot encode (our
+                bug); ``rsp_prod_pvt`` is unchanged.
+        """
+        rsps = rsps if isinstance(rsps, list) else list(rsps)
+        room = (self.req_cons - self.rsp_prod_pvt) & _M
+        fit = rsps if len(rsps) <= room else rsps[:room]
+        if fit:
+            self.sring.write_records(
+                self.rsp_prod_pvt, fit, self._encode_responses_into, self._codec.encode_response
+            )
+            self.rsp_prod_pvt = (self.rsp_prod_pvt + len(fit)) & _M
+        if len(rsps) > room:
+            raise RingUsageError("no consumed request left to answer")
+
     def push_responses(self) -> None:
         """``RING_PUSH_RESPONSES``: publish ``rsp_prod = rsp_prod_pvt``, no notify check."""
         self.sring.rsp_prod = self.rsp_prod_pvt
@@ -796,8 +1171,8 @@ class BackRing(Generic[ReqT, RspT]):
             True when the frontend's ``rsp_event`` (frontend-controlled) lies
             in ``(old rsp_prod, new rsp_prod]``: send on the event channel.
         """
-        s = self.sring
-        old = s.rsp_prod
+        hdr = self.sring._hdr
+        old = hdr[_RSP_PROD]
         new = self.rsp_prod_pvt
-        s.rsp_prod = new
-        return ((new - s.rsp_event) & _M) < ((new - old) & _M)
+        hdr[_RSP_PROD] = new
+        return ((new - hdr[_RSP_EVENT]) & _M) < ((new - old) & _M)

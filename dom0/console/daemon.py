@@ -47,7 +47,9 @@ ring. We go one step further: the console is marked *broken* (the page is
 never read or written again), a warning is logged, a daemon marker is
 appended to the history and sessions, sessions end and senders get
 :class:`ConsoleBroken`. Only that domain is affected; no guest input can make
-the handler raise.
+the handler raise. ``add_domain(on_broken=...)`` tells the caller (the
+secondary-console backend, :mod:`dom0.backends.consoleback`, takes its device
+to Closing).
 
 **Sessions** (``xl console``). :meth:`ConsoleDaemon.attach` yields a
 :class:`ConsoleSession`: ``async for chunk in session`` gets the output from
@@ -172,6 +174,7 @@ class _Console:
     limit: int
     ring: ConsoleRing | None = None
     notify: Callable[[], None] | None = None
+    on_broken: Callable[[str], None] | None = None
     reader: Callable[[], bytes] | None = None
     hv_snapshot: bytes = b""
     history: bytearray = field(default_factory=bytearray)
@@ -390,7 +393,8 @@ class ConsoleDaemon:
     # -- domains -------------------------------------------------------------------------
 
     def add_domain(self, domid: int, name: str, page: memoryview, notify: Callable[[], None],
-                   *, limit: int | None = None) -> Callable[[int], None]:
+                   *, limit: int | None = None,
+                   on_broken: Callable[[str], None] | None = None) -> Callable[[int], None]:
         """Serve the console of ``domid``.
 
         Args:
@@ -403,6 +407,11 @@ class ConsoleDaemon:
             limit: history bytes kept (``/local/domain/<D>/console/limit``,
                 written by the toolstack and read-only to the guest);
                 default ``log_size``.
+            on_broken: called once, with the reason, when the guest corrupts
+                the page's indices and the console is disabled (e.g. a
+                backend driver then takes its device to Closing). It runs
+                inside the event handler or an input sender, so it must not
+                block or raise.
 
         Returns:
             The handler to bind to dom0's local port in its dispatcher. It
@@ -417,6 +426,7 @@ class ConsoleDaemon:
         con = self._new_console(domid, name, limit)
         con.ring = ConsoleRing(page)
         con.notify = notify
+        con.on_broken = on_broken
         self._consoles[domid] = con
         logger.debug("console: serving d%d (%s)", domid, name)
 
@@ -484,6 +494,7 @@ class ConsoleDaemon:
         con.removed = True
         con.ring = None
         con.notify = None
+        con.on_broken = None
         con.reader = None
         self._limited.discard(con)
         for s in list(con.sessions):
@@ -648,6 +659,8 @@ class ConsoleDaemon:
             s._end("broken")
         con.sessions.clear()
         con.input_lot.unpark_all()
+        if con.on_broken is not None:
+            con.on_broken(reason)
 
     # -- input ----------------------------------------------------------------------------
 

@@ -61,6 +61,8 @@ from typing import Any
 
 import trio
 
+from dom0.backends.bus import Backend
+from dom0.backends.consoleback import ConsoleBack
 from dom0.kernel import Dom0Kernel
 from dom0.toolstack.config import XEN_OUI, Action, ConfigError, DiskSpec, GuestConfig, VifSpec
 from dom0.toolstack.xlcfg import vdev_number
@@ -87,6 +89,7 @@ from ring.console import (
     CONSOLE_DEFAULT_LIMIT,
     CONSOLE_OUTPUT_PTY,
     CONSOLE_PROTOCOL_VT100,
+    CONSOLE_TYPE_IOEMU,
     CONSOLE_TYPE_XENCONSOLED,
 )
 
@@ -100,6 +103,7 @@ __all__ = [
     "DeviceRequest",
     "DomainRecord",
     "Toolstack",
+    "console_device_request",
     "load_program",
     "vbd_device_request",
     "vif_device_request",
@@ -125,6 +129,8 @@ RING_DETACH_TIMEOUT = 5.0
 KIB_PER_MIB = 1024
 PAGES_PER_MIB = (1 << 20) // PAGE_SIZE
 SPECIAL_PAGES = 2  # console + xenstore, at the top of RAM
+PRIMARY_CONSOLE_DEVID = 0
+"""``backend/console/<D>/0`` is the primary console's node; secondary consoles start at 1."""
 
 
 class CreateAborted(Exception):
@@ -191,6 +197,8 @@ class DomainRecord:
         shutdown_reason: the reason the hypervisor reported, once shut down.
         successor: the domain a restart created.
         final_console: the console log captured when the console was detached.
+        final_consoles: secondary console number -> its log, captured when
+            that device was removed (unplug or destroy).
     """
 
     config: GuestConfig
@@ -208,6 +216,7 @@ class DomainRecord:
     shutdown_reason: int | None = None
     successor: DomainRecord | None = None
     final_console: bytes = b""
+    final_consoles: dict[int, bytes] = field(default_factory=dict)
     create_scope: trio.CancelScope | None = None
     kernel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     kernel_done: trio.Event = field(default_factory=trio.Event)
@@ -371,6 +380,7 @@ class Toolstack:
         reqs.extend(extra)
         seen: set[tuple[str, int]] = set()
         for r in reqs:
+            _refuse_primary_console(r)
             if r.kind not in self.kernel.backends.drivers:
                 raise ConfigError(f"device {r.kind}/{r.devid}: no backend driver for "
                                   f"{r.kind!r} is registered in dom0")
@@ -657,13 +667,14 @@ class Toolstack:
         d = rec.domid
         assert d is not None
         reqs = list(rec.devices_written)
+        backs = [self.kernel.backends.instance(req.kind, d, req.devid) for req in reqs]
         if reqs and self._guest_can_answer(d) and rec.kernel_started:
             with trio.move_on_after(DEVICE_CLOSE_TIMEOUT):
                 async with trio.open_nursery() as nursery:
                     for req in reqs:
                         nursery.start_soon(self._close_device, rec, req)
-        for req in reqs:
-            await self._force_remove_device(rec, req)
+        for req, back in zip(reqs, backs):
+            await self._force_remove_device(rec, req, back)
         rec.devices_written.clear()
 
     async def _close_device(self, rec: DomainRecord, req: DeviceRequest) -> None:
@@ -681,7 +692,13 @@ class Toolstack:
         await self.xs.transaction(detach)
         await self._wait_backend_state(bpath, 6)
 
-    async def _force_remove_device(self, rec: DomainRecord, req: DeviceRequest) -> None:
+    async def _force_remove_device(self, rec: DomainRecord, req: DeviceRequest,
+                                   back: Backend | None) -> None:
+        """Remove the device's directories and wait for its backend instance to go.
+
+        ``back`` is that instance as it was before any close handshake (which
+        may already have unregistered it): a console's log is kept in the record.
+        """
         d = rec.domid
         assert d is not None
         for path in (req.frontend_path(d), req.backend_path(d),
@@ -690,6 +707,8 @@ class Toolstack:
                 await self.xs.rm(path)
         with trio.move_on_after(DEVICE_CLOSE_TIMEOUT):
             await self.kernel.backends.wait_removed(req.kind, d, req.devid)
+        if isinstance(back, ConsoleBack):  # keep what it printed, as for the primary console
+            rec.final_consoles[req.devid] = back.log()
 
     async def _remove_nodes(self, rec: DomainRecord) -> None:
         d = rec.domid
@@ -779,9 +798,12 @@ class Toolstack:
             ConfigError: no backend driver for ``req.kind``, the device
                 already exists, the domain is not running, or the backend
                 failed (e.g. the image cannot be opened); nothing is left.
+                Also ``console/0``: that is the primary console, which the
+                builder sets up.
             TimeoutError: the backend did not reach InitWait within
                 :data:`BACKEND_INITWAIT_TIMEOUT`; the device was removed again.
         """
+        _refuse_primary_console(req)
         if req.kind not in self.kernel.backends.drivers:
             raise ConfigError(f"device {req.kind}/{req.devid}: no backend driver for "
                               f"{req.kind!r} is registered in dom0")
@@ -849,13 +871,14 @@ class Toolstack:
                              force: bool) -> None:
         d = rec.domid
         assert d is not None
+        back = self.kernel.backends.instance(req.kind, d, req.devid)
         if not force and self._guest_can_answer(d) and rec.kernel_started:
             with trio.move_on_after(DEVICE_CLOSE_TIMEOUT) as scope:
                 await self._close_device(rec, req)
             if scope.cancelled_caught:
                 raise TimeoutError(f"d{d} {rec.name}: device {req.kind}/{req.devid} did "
                                    f"not close within {DEVICE_CLOSE_TIMEOUT:.0f} s")
-        await self._force_remove_device(rec, req)
+        await self._force_remove_device(rec, req, back)
         with contextlib.suppress(ValueError):
             rec.devices_written.remove(req)
         with contextlib.suppress(ValueError):
@@ -923,6 +946,44 @@ async def _first_of(*fns: Callable[[], Awaitable[None]]) -> None:
                 await fn()
                 nursery.cancel_scope.cancel()
             nursery.start_soon(one)
+
+
+def _refuse_primary_console(req: DeviceRequest) -> None:
+    """``console/0`` is the primary console's node (``backend/console/<D>/0``), never a device."""
+    if req.kind == "console" and req.devid == PRIMARY_CONSOLE_DEVID:
+        raise ConfigError("device console/0 is the primary console, which the domain "
+                          "builder sets up; secondary consoles are numbered from 1")
+
+
+def console_device_request(devid: int, name: str | None = None) -> DeviceRequest:
+    """A secondary PV console, ``device/console/<devid>`` (``hvc<devid>`` in the guest).
+
+    The keys libxl's ``libxl__device_console_add`` writes for a console that
+    is not the primary one (xen-abi 8.2): backend ``protocol``; frontend
+    ``limit``, ``type = ioemu`` (served by a device model, QEMU in Xen),
+    ``output``, ``tty`` (empty: no pty) and ``protocol``; ``name`` in both
+    when given. The toolstack adds ``frontend``/``backend``, the ids,
+    ``online`` and ``state``.
+
+    Args:
+        devid: the console number, >= 1 (caller-controlled).
+        name: an optional name (libxl's channel name), 1..64 printable ASCII.
+
+    Raises:
+        ConfigError: ``devid`` < 1 (0 is the primary console) or a bad name.
+    """
+    if isinstance(devid, bool) or not isinstance(devid, int) or devid < 1:
+        raise ConfigError(f"console {devid!r}: secondary consoles are numbered from 1 "
+                          "(0 is the primary console)")
+    back = {"protocol": CONSOLE_PROTOCOL_VT100}
+    front = {"limit": str(CONSOLE_DEFAULT_LIMIT), "type": CONSOLE_TYPE_IOEMU,
+             "output": CONSOLE_OUTPUT_PTY, "tty": "", "protocol": CONSOLE_PROTOCOL_VT100}
+    if name is not None:
+        if not 1 <= len(name) <= 64 or not name.isascii() or not name.isprintable():
+            raise ConfigError(f"console {devid}: name {name!r} must be 1..64 printable "
+                              "ASCII characters")
+        back["name"] = front["name"] = name
+    return DeviceRequest("console", devid, backend=back, frontend=front)
 
 
 def _vbd_request(disk: Any) -> DeviceRequest:

@@ -180,6 +180,30 @@ class ConsoleFront:
                 if n == 0 and self.events == seq:
                     await self._lot.park()
 
+    async def drain(self) -> None:
+        """Wait until dom0 has consumed every byte queued in ``out`` (like ``tcdrain``).
+
+        The daemon notifies after it reads, which wakes this wait; it is
+        cancellable.
+
+        Raises:
+            ConsoleClosed: the console is (or gets) closed first.
+            ConsoleBroken: the indices are corrupt.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            self._check()
+            seq = self.events
+            try:
+                queued = self._ring.output.queued()
+            except CorruptRingIndexError as exc:
+                raise self._broken(exc) from None
+            if queued == 0:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            if self.events == seq:
+                await self._lot.park()
+
     # -- input (dom0 -> guest) -----------------------------------------------------------
 
     async def _read_ring(self, max_bytes: int) -> bytes:

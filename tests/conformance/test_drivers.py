@@ -5,20 +5,30 @@ One adapter per device type; see :mod:`dom0.conformance` for the phases.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from typing import Any
 
 import pytest
+import trio
 from trio.testing import MockClock
 
+from dom0.backends.consoleback import ConsoleBack
 from dom0.backends.kvback import KvBack
 from dom0.backends.netback import NetBack
 from dom0.conformance import PHASES, DriverAdapter, check_split_driver, corrupt_sring
-from dom0.host import Host
+from dom0.console.daemon import ConsoleError
+from dom0.host import Host, SecondaryConsole
 from dom0.native.disk import RamDisk
-from dom0.toolstack.builder import DeviceRequest, vbd_device_request, vif_device_request
+from dom0.toolstack.builder import (
+    DeviceRequest,
+    console_device_request,
+    vbd_device_request,
+    vif_device_request,
+)
 from dom0.toolstack.config import DiskSpec, VifSpec
 from domu.frontends.blkfront import BlkFront
+from domu.frontends.consolefront import SecondaryConsoleFront
 from domu.frontends.kvfront import KvFront
 from domu.frontends.netfront import NetFront
 from tests.blk.rawfront import DISKS, RamBlkBack
@@ -101,12 +111,68 @@ def corrupt_vif(front: NetFront) -> None:
 VIF = DriverAdapter(kind="vif", make_request=vif_request, exercise=vif_round,
                     corrupt_ring=corrupt_vif, guest_memory=8)
 
+
+async def console_round(front: SecondaryConsoleFront, n: int) -> None:
+    """A line out on the console (guest -> dom0) must come back as input (dom0 ->
+    guest): a dom0 user echoes every connected secondary console (:func:`dom0_echo`)."""
+    con = front.console
+    if con is None:
+        raise AssertionError("console: no ring")
+    line = b"ping %d\n" % n
+    await con.write(line)
+    with trio.fail_after(5):
+        got = await con.readline()
+    if got != line:
+        raise AssertionError(f"console: got {got!r} back for {line!r}")
+
+
+def corrupt_console(front: SecondaryConsoleFront) -> None:
+    """The guest claims 2 GiB of output queued in its 2 KiB ``out`` ring."""
+    assert front.ring_gfn is not None and front.port is not None
+    page = front.hc.memory.page(front.ring_gfn)  # the guest's own page
+    struct.pack_into("<I", page, CONSOLE_OUT_PROD, 0x7FFF0000)
+    front.hc.evtchn_send(front.port)
+
+
+CONSOLE = DriverAdapter(kind="console", devid=1, make_request=console_device_request,
+                        exercise=console_round, corrupt_ring=corrupt_console)
+
+
+async def dom0_echo(host: Host, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+    """A dom0 user of the console API: whenever a secondary console connects, attach
+    to it (``dom.consoles[N]``) and type back everything it prints."""
+
+    async def echo(con: SecondaryConsole) -> None:
+        with contextlib.suppress(ConsoleError):
+            async with con.attach(replay=True) as session:
+                async for chunk in session:
+                    await session.send(chunk)
+
+    seen: set[tuple[int, int]] = set()
+    async with host.kernel.xs.watch("/local/domain/0/backend/console") as watch, \
+            trio.open_nursery() as nursery:
+        task_status.started()
+        async for _ in watch:
+            for (kind, domid, devid), runner in list(host.kernel.backends.devices.items()):
+                back = runner.instance
+                if kind != "console" or not isinstance(back, ConsoleBack) or not back.connected:
+                    continue
+                if (id(back), back.connections) in seen:
+                    continue
+                seen.add((id(back), back.connections))
+                con = host.domain(domid).consoles[devid]
+                assert isinstance(con, SecondaryConsole)
+                nursery.start_soon(echo, con)
+
 ADAPTERS = {
     "vbd": (VBD, {"backend_drivers": {"vbd": RamBlkBack}, "frontend_drivers": {"vbd": BlkFront}}),
     "vif": (VIF, {"backend_drivers": {"vif": NetBack}, "frontend_drivers": {"vif": NetFront}}),
     "kv": (KV, {"backend_drivers": {"kv": KvBack}, "frontend_drivers": {"kv": KvFront}}),
     "echo": (ECHO, {"backend_drivers": {"console": EchoBack},
                     "frontend_drivers": {"console": EchoFront}}),
+    "console": (CONSOLE, {"backend_drivers": {"console": ConsoleBack},
+                          "frontend_drivers": {"console": SecondaryConsoleFront}}),
 }
 
 
@@ -123,7 +189,11 @@ def xen_host_options(driver: str) -> dict[str, Any]:
 async def test_driver_pair_conforms(autojump_clock: MockClock, xen_host: Host,
                                     driver: str) -> None:
     adapter = ADAPTERS[driver][0]
-    report = await check_split_driver(xen_host, adapter)
+    async with trio.open_nursery() as nursery:
+        if adapter is CONSOLE:  # the other end of a console is a dom0 user
+            await nursery.start(dom0_echo, xen_host)
+        report = await check_split_driver(xen_host, adapter)
+        nursery.cancel_scope.cancel()
     assert report.phases == list(PHASES)
     assert report.backend_errors >= 1
     assert report.flapping_passes <= 1002

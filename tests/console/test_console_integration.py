@@ -219,6 +219,51 @@ async def test_corrupt_in_cons_breaks_console_on_input(host: Host) -> None:
     await host.teardown()
 
 
+async def test_drain_waits_until_dom0_has_read(host: Host,
+                                               autojump_clock: trio.testing.MockClock,
+                                               ) -> None:
+    g = await host.add_guest("web")
+    await g.front.write(b"hello\n")
+    await g.front.drain()
+    assert host.daemon.log(g.domid) == b"hello\n"
+    quiet = await host.add_guest("quiet", serve=False)  # nobody reads its ring
+    await quiet.front.write(b"x")
+    with trio.move_on_after(1) as scope:
+        await quiet.front.drain()
+    assert scope.cancelled_caught
+    async with trio.open_nursery() as nursery:
+        async def drainer() -> None:
+            with pytest.raises(ConsoleClosed):
+                await quiet.front.drain()
+        nursery.start_soon(drainer)
+        await trio.testing.wait_all_tasks_blocked()
+        quiet.front.close()
+    await host.teardown()
+
+
+async def test_on_broken_tells_the_caller_once(host: Host) -> None:
+    g = await host.add_guest("bad", serve=False)
+    res = host.dom0.grant_map_one(g.domid, 0)
+    assert res.view is not None
+    g.handle = res.handle
+    reasons: list[str] = []
+    handler = host.daemon.add_domain(g.domid, "bad", res.view,
+                                     lambda: host.dom0.evtchn_send(g.lport),
+                                     on_broken=reasons.append)
+    g.served = True
+    host.disp0.bind(g.lport, handler)
+    _U32.pack_into(g.page, OUT_PROD, 0x7FFF0000)
+    for _ in range(3):
+        g.hc.evtchn_send(g.gport)
+        await trio.testing.wait_all_tasks_blocked()
+    assert len(reasons) == 1 and reasons[0].startswith("out ring indices corrupt")
+    with pytest.raises(ConsoleBroken):
+        async with host.daemon.attach(g.domid) as session:
+            await session.send(b"x")
+    assert len(reasons) == 1
+    await host.teardown()
+
+
 async def test_frontend_survives_hostile_backend_indices(host: Host) -> None:
     g = await host.add_guest("web", serve=False)
     res = host.dom0.grant_map_one(g.domid, 0)

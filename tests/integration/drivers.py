@@ -4,6 +4,11 @@ It rides on the secondary-console handshake ("console" kind, ``device/console/<n
 the frontend grants one page laid out like ``xencons_interface`` and an
 event channel; the backend echoes every byte the guest writes to ``out``
 back into ``in``. Registering the two classes is all it takes to add it.
+
+Tests pass them as the host's drivers (``open_host(backend_drivers=...,
+frontend_drivers=...)``, e.g. :data:`DRIVERS`), which replaces the registries,
+so on those hosts they stand in for the real secondary-console drivers
+(:mod:`dom0.backends.consoleback`, :mod:`domu.frontends.consolefront`).
 """
 
 from __future__ import annotations

@@ -5,10 +5,14 @@ performs one ring step per run with the real ``RING_*`` macros, blkif/netif
 structs and ``MASK_XENCONS_IDX`` / ``MASK_XENSTORE_IDX``; :func:`py_step` does
 the same step with xensim's ``ring/``. Both keep the page (and each end's
 private indices) in files, so any step can be done by either implementation.
-Every scenario is run four ways (front/guest end in C or Python x back/daemon
-end in C or Python): the printed results (decoded records, notify and
-final-check decisions) and the page bytes after every step must agree
-exactly. Indices start just below 2**32 so every scenario wraps.
+Every scenario is run with each end in C, in Python with the single-record
+calls (``put_request``, ``get_requests``, ...) or, for request/response rings,
+in Python with the batch calls (``put_requests_batch``, ``get_requests_batch``,
+...): nine ways (four for the byte rings). The printed results (decoded
+records, notify and final-check decisions) and the page bytes after every
+step must agree exactly, so pages the batch calls produce are consumed by the
+real ``RING_*`` macros and the other way round. Indices start just below 2**32
+so every scenario wraps.
 """
 
 from __future__ import annotations
@@ -90,6 +94,14 @@ def blk_request(i: int) -> BlkifRequest | BlkifDiscardRequest | BlkifIndirectReq
     return BlkifRequest(op, 51712, 0x1000 + i, sector, segs)
 
 
+def blkrw_request(i: int) -> BlkifRequest:
+    """Request number i, exactly as blkrw_fill() in the C program builds it."""
+    nr = 1 + (i // 16) % 11
+    segs = tuple(BlkifSegment(5000 + 16 * i + k, (i + k) % 8, 7) for k in range(nr))
+    op = BLKIF_OP_WRITE if (i // 3) % 2 else BLKIF_OP_READ
+    return BlkifRequest(op, 51712, 0x2000 + i, (1 << 41) + i * 8, segs)
+
+
 def blk_describe(req: object) -> tuple[str, BlkifResponse]:
     if isinstance(req, BlkifDiscardRequest):
         text = (f" discard:{req.flag}:{req.handle}:{req.id}:{req.sector_number}:"
@@ -123,15 +135,23 @@ def netrx_response(req: NetifRxRequest) -> NetifRxResponse | NetifExtraInfo:
     return NetifRxResponse(req.id, 0, flags, 100 + req.id % 1000)
 
 
-CODECS = {"blk": BLKIF_CODEC, "nettx": NETIF_TX_CODEC, "netrx": NETIF_RX_CODEC}
+CODECS = {"blk": BLKIF_CODEC, "blkrw": BLKIF_CODEC, "nettx": NETIF_TX_CODEC,
+          "netrx": NETIF_RX_CODEC}
+REQUESTS = {"blk": blk_request, "blkrw": blkrw_request, "nettx": nettx_request,
+            "netrx": lambda i: NetifRxRequest(i & 0xFFFF, 4000 + i)}
 
 
 def _pattern(idx: int, direction: int) -> int:
     return (idx * 7 + 3 + direction * 0x40) & 0xFF
 
 
-def py_step(proto: str, role: str, page_path: Path, state_path: Path, token: str) -> str:
-    """One step with xensim's ring/, same files and output format as the C program."""
+def py_step(proto: str, role: str, page_path: Path, state_path: Path, token: str,
+            batch: bool = False) -> str:
+    """One step with xensim's ring/, same files and output format as the C program.
+
+    ``batch`` selects the batch calls (``*_batch``) instead of the
+    single-record ones for request/response rings.
+    """
     if token.startswith("init:"):
         start = int(token[5:], 0)
         if proto in ("cons", "xs"):
@@ -156,29 +176,31 @@ def py_step(proto: str, role: str, page_path: Path, state_path: Path, token: str
         out = _py_byte_step(proto, view, token)
     else:
         start, pvt, cons = map(int, state_path.read_text().split())
-        out, pvt, cons = _py_ring_step(proto, role, view, token, start, pvt, cons)
+        out, pvt, cons = _py_ring_step(proto, role, view, token, start, pvt, cons, batch)
         state_path.write_text(f"{start} {pvt} {cons}\n")
     page_path.write_bytes(page)
     return out
 
 
 def _py_ring_step(proto: str, role: str, view: memoryview, token: str, start: int,
-                  pvt: int, cons: int) -> tuple[str, int, int]:
+                  pvt: int, cons: int, batch: bool) -> tuple[str, int, int]:
     codec = CODECS[proto]
     if role == "front":
         front = FrontRing.attach([view], codec)
         front.req_prod_pvt, front.rsp_cons = pvt, cons
         if token[0] == "F":
             n = min(int(token[1:]), front.free_requests())
-            for _ in range(n):
-                i = (front.req_prod_pvt - start) & M
-                req = {"blk": blk_request, "nettx": nettx_request,
-                       "netrx": lambda i: NetifRxRequest(i & 0xFFFF, 4000 + i)}[proto](i)
-                front.put_request(req)
+            first = (front.req_prod_pvt - start) & M
+            reqs = [REQUESTS[proto]((first + k) & M) for k in range(n)]
+            if batch:
+                front.put_requests_batch(reqs)
+            else:
+                for req in reqs:
+                    front.put_request(req)
             out = f"F n={n} notify={int(front.push_requests_and_check_notify())}"
         else:
             try:
-                rsps = front.get_responses()
+                rsps = front.get_responses_batch() if batch else front.get_responses()
             except RingOverflowError:
                 return "R overflow", front.req_prod_pvt, front.rsp_cons
             parts = []
@@ -197,12 +219,13 @@ def _py_ring_step(proto: str, role: str, view: memoryview, token: str, start: in
     back.rsp_prod_pvt, back.req_cons = pvt, cons
     limit = int(token[1:]) if len(token) > 1 else None
     try:
-        reqs = back.get_requests(limit)
+        reqs = back.get_requests_batch(limit) if batch else back.get_requests(limit)
     except RingOverflowError:
         return "B overflow", back.rsp_prod_pvt, back.req_cons
     parts = []
+    answers = []
     for req in reqs:
-        if proto == "blk":
+        if proto in ("blk", "blkrw"):
             text, rsp = blk_describe(req)
         elif proto == "nettx":
             text = f" {req.gref}:{req.offset}:{req.flags}:{req.id}:{req.size}"
@@ -211,7 +234,12 @@ def _py_ring_step(proto: str, role: str, view: memoryview, token: str, start: in
             text = f" {req.id}:{req.gref}"
             rsp = netrx_response(req)
         parts.append(text)
-        back.put_response(rsp)
+        if batch:
+            answers.append(rsp)
+        else:
+            back.put_response(rsp)
+    if batch:
+        back.put_responses_batch(answers)
     notify = back.push_responses_and_check_notify()
     work = back.final_check_for_requests() if limit is None else False
     out = "B" + "".join(parts) + f" notify={int(notify)} work={int(work)}"
@@ -243,6 +271,9 @@ def _py_byte_step(proto: str, view: memoryview, token: str) -> str:
 RING_SCENARIOS = {
     "blk": ("0xfffffff0", ["F3", "F2", "B", "R", "F32", "F1", "B2", "B", "R", "F40", "B",
                            "F5", "R", "F5", "B", "R", "R"]),
+    # whole-ring batches of direct requests: the batch codec's column paths
+    "blkrw": ("0xffffffe4", ["F32", "B", "R", "F16", "F16", "B", "R", "F13", "B5", "B", "F3",
+                             "R", "F32", "B", "R", "F12", "F20", "B", "R"]),
     "nettx": ("0xffffff00", ["F100", "F100", "B", "R", "F300", "B60", "B", "R", "F7", "B",
                              "R"]),
     "netrx": ("0xfffffff8", ["F256", "B100", "B", "R", "F20", "F1", "B", "R"]),
@@ -259,7 +290,8 @@ GUEST_TOKENS = ("W", "G")
 
 def run_scenario(c_binary: Path, tmp: Path, proto: str, impls: tuple[str, str],
                  start: str, steps: list[str]) -> list[tuple[str, bytes]]:
-    """Run steps; impls = (front/guest impl, back/daemon impl), each "c" or "py"."""
+    """Run steps; impls = (front/guest impl, back/daemon impl), each "c", "py"
+    (single-record calls) or "pyb" (batch calls)."""
     page, fstate, bstate = tmp / "page", tmp / "front.state", tmp / "back.state"
     byte_ring = proto in ("cons", "xs")
 
@@ -273,7 +305,7 @@ def run_scenario(c_binary: Path, tmp: Path, proto: str, impls: tuple[str, str],
             res = subprocess.run([str(c_binary), proto, role, str(page), str(state), token],
                                  check=True, capture_output=True, text=True)
             return res.stdout.strip()
-        return py_step(proto, role, page, state, token)
+        return py_step(proto, role, page, state, token, batch=impls[side] == "pyb")
 
     trace = []
     init = f"init:{start}"
@@ -287,13 +319,14 @@ def run_scenario(c_binary: Path, tmp: Path, proto: str, impls: tuple[str, str],
 
 
 COMBOS = list(itertools.product(("c", "py"), repeat=2))
+RING_COMBOS = list(itertools.product(("c", "py", "pyb"), repeat=2))
 
 
 @pytest.mark.parametrize("proto", sorted(RING_SCENARIOS))
 def test_request_response_rings_match_c(c_binary: Path, tmp_path: Path, proto: str) -> None:
     start, steps = RING_SCENARIOS[proto]
     traces = {}
-    for combo in COMBOS:
+    for combo in RING_COMBOS:
         d = tmp_path / "-".join(combo)
         d.mkdir()
         traces[combo] = run_scenario(c_binary, d, proto, combo, start, steps)

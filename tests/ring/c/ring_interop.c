@@ -10,7 +10,10 @@
  * with a Python end proves each consumes what the other produced.
  *
  *   ring_interop <proto> <role> <page> <state> <token>
- *     proto: blk | nettx | netrx    role: front | back    (state file: "start pvt cons")
+ *     proto: blk | blkrw | nettx | netrx    role: front | back
+ *            (state file: "start pvt cons"; blkrw = blkif with only direct
+ *            READ/WRITE requests whose segment count changes every 16
+ *            requests, the shape xensim's batch codec writes and reads by column)
  *       tokens  init:<start>   F<n> (front put n + push/check notify)
  *               R (front consume all + final check)
  *               B (back consume all, answer, push/check notify, final check)
@@ -107,6 +110,19 @@ static void blk_fill(void *slot, uint32_t i)
     }
 }
 
+static void blkrw_fill(void *slot, uint32_t i)
+{
+    /* direct requests only; 16 in a row share a segment count */
+    struct blkif_request r;
+    memset(&r, 0, sizeof(r));
+    r.operation = (i / 3) % 2 ? BLKIF_OP_WRITE : BLKIF_OP_READ; r.nr_segments = 1 + (i / 16) % 11;
+    r.handle = 51712; r.id = 0x2000 + i; r.sector_number = (1ULL << 41) + (uint64_t)i * 8;
+    for (unsigned k = 0; k < r.nr_segments; k++) {
+        r.seg[k].gref = 5000 + 16 * i + k; r.seg[k].first_sect = (i + k) % 8; r.seg[k].last_sect = 7;
+    }
+    memcpy(slot, &r, sizeof(r));
+}
+
 static void blk_print_req(const blkif_request_t *req, struct blkif_response *rsp)
 {
     if (req->operation == BLKIF_OP_DISCARD) {
@@ -132,7 +148,7 @@ static void blk_print_req(const blkif_request_t *req, struct blkif_response *rsp
     rsp->status = rsp->id % 3 ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR;
 }
 
-static void run_blk(int front, const char *tok)
+static void run_blk(int front, const char *tok, void (*fill)(void *, uint32_t))
 {
     struct blkif_sring *s = (void *)page;
     if (front) {
@@ -142,7 +158,7 @@ static void run_blk(int front, const char *tok)
         if (tok[0] == 'F') {
             int n = atoi(tok + 1), put = 0, notify;
             while (put < n && !RING_FULL(&r)) {
-                blk_fill(RING_GET_REQUEST(&r, r.req_prod_pvt), r.req_prod_pvt - st_start);
+                fill(RING_GET_REQUEST(&r, r.req_prod_pvt), r.req_prod_pvt - st_start);
                 r.req_prod_pvt++; put++;
             }
             RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(&r, notify);
@@ -446,7 +462,8 @@ int main(int argc, char **argv)
         if (!strcmp(proto, "cons")) run_cons(tok); else run_xs(tok);
     } else {
         load_state(statef);
-        if (!strcmp(proto, "blk")) run_blk(front, tok);
+        if (!strcmp(proto, "blk")) run_blk(front, tok, blk_fill);
+        else if (!strcmp(proto, "blkrw")) run_blk(front, tok, blkrw_fill);
         else if (!strcmp(proto, "nettx")) run_nettx(front, tok);
         else if (!strcmp(proto, "netrx")) run_netrx(front, tok);
         else { fprintf(stderr, "bad proto\n"); return 2; }
