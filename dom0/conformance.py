@@ -105,9 +105,16 @@ class DriverAdapter:
         exercise: one round of I/O, run *inside the guest*:
             ``await exercise(frontend, n)`` with the guest's frontend
             instance and the round number; raises if an answer is wrong.
-            It must hold no resources between rounds.
+            It must hold no resources between rounds (no open file, no
+            request left in flight, nothing cached from the device): the
+            suite compares resource counts while the load is paused between
+            two rounds, so anything held then reads as a leak.
         corrupt_ring: run inside the guest: make the frontend's own ring
             hostile (bogus producer index) and notify the backend.
+            :func:`corrupt_sring` does it for a frontend that keeps its
+            :class:`~ring.sring.FrontRing` in an attribute named ``ring`` and
+            its event-channel port in one named ``port`` (as ``KvFront``
+            does); write your own for other names or several rings.
         devid: the device id to use (the bystander uses ``devid + 1``).
         guest_memory: MiB per guest.
     """
@@ -141,10 +148,14 @@ class ConformanceReport:
 
 
 def corrupt_sring(front: Any) -> None:
-    """A ``corrupt_ring`` for drivers built on :mod:`ring.sring` with ``front.ring``
-    (a :class:`~ring.sring.FrontRing`) and ``front.port``: publish a ``req_prod``
-    far beyond anything the backend consumed (XSA-38's "bogus ring requests")
-    and notify."""
+    """A ``corrupt_ring`` for frontends with exactly these two attributes:
+    ``front.ring`` (a :class:`~ring.sring.FrontRing`) and ``front.port`` (its
+    event-channel port). Publishes a ``req_prod`` far beyond anything the
+    backend consumed (XSA-38's "bogus ring requests") and notifies.
+
+    Raises:
+        AttributeError: ``front`` has no ``ring`` or ``port`` attribute.
+    """
     ring: FrontRing[Any, Any] = front.ring
     ring.sring.req_prod = ring.req_prod_pvt + 0x10000
     front.hc.evtchn_send(front.port)
@@ -213,7 +224,7 @@ class _Load:
         failed: object = None
         while True:
             self._set("waiting")
-            front = await _wait_connected(guest, self.name, failed)
+            front = await _wait_connected(guest, self.adapter.kind, self.devid, failed)
             self._set("running")
             try:
                 while True:
@@ -230,18 +241,13 @@ class _Load:
                 failed = front
 
 
-async def _wait_connected(guest: Guest, name: str, not_this: object) -> Frontend:
-    """The guest's frontend ``name`` once its own state reads Connected (4)."""
-    async with guest.xenstore.watch(f"device/{name}/state") as events:
-        async for _path in events:
-            dev = guest.devices.get(name)
-            try:
-                state = await guest.xenstore.read(f"device/{name}/state")
-            except XenStoreError:
-                continue
-            if dev is not None and dev is not not_this and state == b"4":
-                return dev
-    raise ConformanceError(f"{name}: the watch ended")  # pragma: no cover
+async def _wait_connected(guest: Guest, kind: str, devid: int, not_this: object) -> Frontend:
+    """The guest's frontend ``kind/devid`` once Connected, other than ``not_this``."""
+    while True:
+        front = await guest.open_device(kind, devid)
+        if front is not not_this:
+            return front
+        await trio.sleep(ROUND_INTERVAL)  # the failed one has not left Connected yet
 
 
 async def _wait_states(xs: XenStoreClient, paths: list[str], ok: Callable[[bytes], bool],

@@ -589,9 +589,12 @@ async def open_host(*, memory_mib: int = DEFAULT_MEMORY_MIB, dom0_mib: int = DEF
         dom0_mib: dom0's RAM.
         xenstore_socket: also serve xenstored on this Unix socket (for
             ``XENSTORED_PATH=... xenstore-ls``).
-        backend_drivers / frontend_drivers: device type -> driver class
-            (default: the registries in :mod:`dom0.backends.bus` and
-            :mod:`domu.frontends.bus`).
+        backend_drivers / frontend_drivers: device type -> driver class,
+            merged over the registries (:data:`~dom0.backends.bus.BACKEND_DRIVERS`,
+            :data:`~domu.frontends.bus.FRONTEND_DRIVERS`, which importing a
+            driver module fills): to add a type not registered by importing,
+            or to replace one type's driver (e.g. a hostile one in a test).
+            Every other registered type keeps its driver.
         check_leaks: on a clean exit, raise :class:`LeakError` if anything
             is not back at its post-boot value.
         nr_pcpus: physical CPUs the hypervisor's scheduler shares among vCPUs.
@@ -646,7 +649,8 @@ async def open_host(*, memory_mib: int = DEFAULT_MEMORY_MIB, dom0_mib: int = DEF
                 with trio.move_on_after(SHUTDOWN_TIMEOUT) as stopping:
                     toolstack.stop()
                     await toolstack.stopped.wait()
-                    kernel.stop()
+                    kernel.stop()  # in order, so no service loses its xenstore early
+                    await kernel.stopped.wait()
             if stopping.cancelled_caught:
                 nursery.cancel_scope.cancel()
     if leak:

@@ -151,7 +151,9 @@ class Dom0Kernel:
 
     Args:
         hc: dom0's hypercall interface.
-        backend_drivers: device type -> backend class (default: the registry).
+        backend_drivers: device type -> backend class, merged over the
+            registry (:data:`~dom0.backends.bus.BACKEND_DRIVERS`): adds types or
+            replaces one type's driver.
         xenstore_socket: also serve xenstored on this Unix socket (for
             ``xenstore-ls`` and friends), or None.
         console_limit: bytes of log kept per guest console.
@@ -164,6 +166,7 @@ class Dom0Kernel:
         backends: the backend bus.
         bridges: name -> :class:`~dom0.native.bridge.Bridge` (see :meth:`bridge`).
         pages: dom0's free RAM pages (drivers' bounce buffers).
+        stopped: set once :meth:`run` has returned (every service is down).
     """
 
     def __init__(self, hc: HypercallInterface, *,
@@ -180,6 +183,7 @@ class Dom0Kernel:
         self.dom_exc_count = 0
         self._dom_exc = trio.Event()
         self._stop = trio.Event()
+        self.stopped = trio.Event()
         self._xs_nursery: trio.Nursery | None = None
         self.xs: XenStoreClient
         self.console: ConsoleDaemon
@@ -219,8 +223,15 @@ class Dom0Kernel:
         """Boot every service, report ready, and run until :meth:`stop` (or cancelled).
 
         :meth:`stop` shuts the services down in reverse order, so each one can
-        still use the services below it (e.g. drop its xenstore watches).
+        still use the services below it (e.g. drop its xenstore watches);
+        :attr:`stopped` is set once they all have.
         """
+        try:
+            await self._run(task_status)
+        finally:
+            self.stopped.set()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as outer:
             await outer.start(self.events.run)
             await outer.start(self._run_xenstored)
@@ -247,7 +258,8 @@ class Dom0Kernel:
             outer.cancel_scope.cancel()
 
     def stop(self) -> None:
-        """Shut dom0's services down in reverse boot order (returns at once)."""
+        """Shut dom0's services down in reverse boot order (returns at once;
+        :attr:`stopped` is set when done)."""
         self._stop.set()
 
     async def _run_xenstored(self, *,

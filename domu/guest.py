@@ -16,8 +16,11 @@ the toolstack cancels the program.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import trio
 
 from domu.frontends.blkfront import BlkFront, BlkfrontDisk  # registers the vbd frontend
 from domu.frontends.console import ConsoleFront
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
     from hypervisor.hypercall import HypercallInterface
 
 __all__ = ["Guest", "GuestConsole", "GuestConsoles", "GuestCpu"]
+
+F = TypeVar("F", bound="Frontend")
 
 
 class GuestConsole:
@@ -228,6 +233,51 @@ class Guest:
         if not isinstance(front, NetFront):
             raise KeyError(f"{self.name}: no vif {devid}")
         return front.netdev
+
+    @overload
+    async def open_device(self, driver: type[F], devid: int = 0, *,
+                          timeout: float | None = None) -> F: ...
+
+    @overload
+    async def open_device(self, driver: str, devid: int = 0, *,
+                          timeout: float | None = None) -> Frontend: ...
+
+    async def open_device(self, driver: type[F] | str, devid: int = 0, *,
+                          timeout: float | None = None) -> F | Frontend:
+        """Wait until device ``<kind>/<devid>`` is Connected; return its frontend driver.
+
+        Works for a device present at boot and for one hot-plugged later (it
+        watches the device's own ``state`` key), and skips an instance that is
+        closing: after a device went away, calling it again waits for the next
+        one. "Connected" means the driver's ``connect`` hook has finished, so
+        the driver is ready for I/O. Example::
+
+            kv = await guest.open_device(KvFront, timeout=30)  # typed as KvFront
+            disk = await guest.open_device("vbd", 51712)
+
+        Args:
+            driver: the frontend class (its ``kind`` names the device type, and
+                the result is checked to be an instance), or a device type name.
+            devid: the device id.
+            timeout: seconds (trio clock) to wait; None waits for ever.
+
+        Raises:
+            TimeoutError: not Connected within ``timeout``.
+            TypeError: the device is driven by another class than ``driver``.
+        """
+        kind = driver if isinstance(driver, str) else driver.kind
+        name = f"{kind}/{devid}"
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            async with self.xenstore.watch(f"device/{name}/state") as events:
+                async for _path in events:  # fires once at once, then on each change
+                    dev = self.devices.get(name)
+                    if dev is None or not dev.is_connected:
+                        continue
+                    if not isinstance(driver, str) and not isinstance(dev, driver):
+                        raise TypeError(f"{name} is driven by {type(dev).__qualname__}, "
+                                        f"not {driver.__qualname__}")
+                    return dev
+        raise TimeoutError(f"{self.name}: {name} did not connect within {timeout} s")
 
     def shutdown(self, reason: str = "poweroff") -> None:
         """Ask the kernel to shut this domain down (``poweroff``, ``reboot``, ``crash``).

@@ -98,7 +98,7 @@ class GuestKernel:
     Args:
         hc: the guest's own hypercall interface (its only capability).
         program: ``async def main(guest)``.
-        frontend_drivers: type -> frontend class (default: the registry).
+        frontend_drivers: type -> frontend class, merged over the registry.
         on_booted: called once the program is about to start (the host's
             boot observer; optional).
 

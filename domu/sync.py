@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from typing import ClassVar
 
 import trio
 
@@ -49,6 +51,9 @@ class RingWorkers:
     """
 
     _worker_errors: tuple[type[BaseException], ...] = ()
+    _hooks: ClassVar[frozenset[str]] = frozenset()
+    _overridable: ClassVar[frozenset[str]] = frozenset()
+    _reserved: ClassVar[frozenset[str]] = frozenset()
     _nursery: trio.Nursery | None
     _worker: trio.CancelScope | None
     _worker_done: trio.Event | None
@@ -56,6 +61,11 @@ class RingWorkers:
     workers_stopped: int
     errors: int
     worker_failed: bool
+    last_error: BaseException | None
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        check_driver_class(cls)
 
     def _worker_label(self) -> str:
         raise NotImplementedError
@@ -83,8 +93,16 @@ class RingWorkers:
                     await fn()
             except self._worker_errors as exc:
                 self.errors += 1
+                self.last_error = exc
                 self.worker_failed = True
                 _log.info("%s: worker stopped: %s", self._worker_label(), exc)
+                self._worker_failure()
+            except Exception as exc:  # a driver bug: it breaks this device, not the kernel
+                self.errors += 1
+                self.last_error = exc
+                self.worker_failed = True
+                _log.error("%s: worker crashed (driver bug); closing the device",
+                           self._worker_label(), exc_info=exc)
                 self._worker_failure()
             finally:
                 self.workers_stopped += 1
@@ -99,3 +117,43 @@ class RingWorkers:
         if scope is not None and done is not None:
             scope.cancel()
             await done.wait()
+
+
+def check_driver_class(cls: type[RingWorkers]) -> None:
+    """Refuse a driver class that redefines what its bus relies on.
+
+    Each bus base class (``Backend``, ``Frontend``) lists its *hooks* (async,
+    no-argument methods the bus calls: a driver overrides them), the sync
+    methods a driver may extend (calling ``super()``), and the *reserved*
+    names (helpers and state the bus uses: a driver must not redefine them).
+    A driver class that redefines a reserved name, or defines a hook with the
+    wrong shape, would break the bus at run time in a confusing way; this
+    makes it fail at class creation, naming the problem.
+
+    Raises:
+        TypeError: ``cls`` redefines a reserved name, or a hook is not an
+            ``async def`` taking only ``self``.
+    """
+    base = next((b for b in cls.__mro__[1:] if "_reserved" in vars(b)), None)
+    if base is None:
+        return
+    hooks = ", ".join(sorted(cls._hooks))
+    for name, value in vars(cls).items():
+        if name in cls._reserved:
+            raise TypeError(
+                f"{cls.__qualname__}.{name}: {name!r} is a helper of {base.__name__} that the "
+                f"bus relies on; pick another name. Reserved: "
+                f"{', '.join(sorted(n for n in cls._reserved if not n.startswith('_')))} "
+                f"(and every _private name of {base.__name__}). Hooks you override: {hooks}.")
+        if name in cls._hooks:
+            fn = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError(f"{cls.__qualname__}.{name}: {name!r} is a {base.__name__} hook; "
+                                f"the bus awaits it: define it as 'async def {name}(self)' (or "
+                                f"pick another name for your method). Hooks: {hooks}.")
+            params = list(inspect.signature(fn).parameters.values())[1:]
+            if any(p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                   for p in params):
+                raise TypeError(f"{cls.__qualname__}.{name}: {name!r} is a {base.__name__} hook "
+                                f"the bus calls as {name}() with no arguments; pick another "
+                                f"name for your method. Hooks: {hooks}.")

@@ -19,7 +19,8 @@ chunks as the ring needs. Writes under backpressure are *partial*:
 :meth:`ByteRingProducer.write` returns how many bytes fitted. After every
 index update that moved something, signal the event channel.
 
-Page layouts (xen-abi 4.7, 8.1; checked against the real headers)::
+Page layouts (Xen's ``io/console.h`` and ``io/xs_wire.h``; checked against the real
+headers by the C interop tests)::
 
     console   in[1024] @0    out[2048] @1024   in_cons @3072  in_prod @3076
                                                out_cons @3080 out_prod @3084

@@ -1,4 +1,4 @@
-"""The two error families of ``ring/`` (STYLE rule 6).
+"""The two error families of ``ring/``: the peer's misbehaviour and our own bugs.
 
 * **Peer misbehaviour** is expected: the other domain controls the shared page
   and may write anything. It surfaces as :class:`PeerProtocolError` (or one of

@@ -19,9 +19,10 @@ With 128-byte slots one page holds 16 entries; the largest request (a
 32-byte key and a 64-byte value) packs into 107 bytes, so everything fits
 and no length ever depends on guest input.
 
-Decoding never raises (STYLE rule 5): :meth:`KvCodec.decode_request` and
-:meth:`KvCodec.decode_response` take a private copy of one slot and return a
-frozen record whose ``error`` says what was wrong. A backend answers an
+Decoding never raises (a bad peer hurts only its own device):
+:meth:`KvCodec.decode_request` and :meth:`KvCodec.decode_response` take a
+private copy of one slot and return a frozen record whose ``error`` says
+what was wrong. A backend answers an
 errored request with ``KV_RSP_ERROR`` (echoing the id when it could be read,
 else 0) and carries on; a frontend treats an errored response as a broken
 device.

@@ -19,7 +19,7 @@ driver treats a peer-caused one as a protocol error (``fatal()``).
 (frontend | backend) diagram and :func:`render_handshake` prints a whole
 happy-path run, for tutorials.
 
-Facts encoded here (xen-abi section 5; Linux drivers):
+Facts encoded here (Xen's ``io/xenbus.h`` and the Linux drivers):
 
 * blkfront goes 1 -> 3 (Initialised, after publishing ring-ref and
   event-channel) -> 4 once the backend is Connected; netfront goes 1 -> 4
@@ -57,6 +57,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ring.errors import PeerProtocolError
+
 __all__ = [
     "GENERIC",
     "TRANSITIONS",
@@ -68,6 +70,7 @@ __all__ = [
     "XenbusDevice",
     "XenbusState",
     "describe_transition",
+    "parse_number",
     "parse_state",
     "render_handshake",
     "render_table",
@@ -128,6 +131,26 @@ def parse_state(value: bytes | str | int | None) -> XenbusState:
         return XenbusState(n)
     except ValueError:
         return XenbusState.Unknown
+
+
+def parse_number(raw: bytes | None, what: str, limit: int = 0xFFFFFFFF) -> int:
+    """A decimal xenstore value the peer wrote (``ring-ref``, ``event-channel``...), checked.
+
+    Args:
+        raw: the value as read (peer-controlled), or None if absent.
+        what: its name, for the error message.
+        limit: the largest acceptable value (default: u32).
+
+    Returns:
+        The number.
+
+    Raises:
+        PeerProtocolError: absent, not plain decimal digits, or above ``limit``
+            (a driver hook that lets it escape makes that device fatal).
+    """
+    if raw is None or not raw.isdigit() or len(raw) > 10 or int(raw) > limit:
+        raise PeerProtocolError(f"{what}: expected a number <= {limit}, got {raw!r}")
+    return int(raw)
 
 
 class LocalEvent(enum.StrEnum):

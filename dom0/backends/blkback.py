@@ -296,11 +296,11 @@ class BlkBack(Backend):
         Raises:
             XenError: the image cannot be opened (the device goes to Closing).
         """
-        params = await self.read("params")
-        mode = await self.read("mode")
-        devtype = await self.read("device-type")
-        removable = await self.read("removable")
-        discard = await self.read("discard-enable")
+        params = await self.read_key("params")
+        mode = await self.read_key("mode")
+        devtype = await self.read_key("device-type")
+        removable = await self.read_key("removable")
+        discard = await self.read_key("discard-enable")
         try:
             if not params:
                 raise OSError(host_errno.ENOMEDIUM, "no target (params is empty)")
@@ -312,8 +312,8 @@ class BlkBack(Backend):
                                       self.readonly)
         except OSError as exc:
             why = f"{params!r}: {exc.strerror or exc}"
-            await self.write("hotplug-error", why)
-            await self.write("hotplug-status", "error")
+            await self.write_key("hotplug-error", why)
+            await self.write_key("hotplug-status", "error")
             raise XenError(_xen_errno(exc), f"vbd {self.dev.backend_path}: {why}") from None
         dev = self.device
         assert dev is not None
@@ -337,7 +337,7 @@ class BlkBack(Backend):
             keys["discard-granularity"] = str(dev.discard_granularity)
             keys["discard-alignment"] = "0"
             keys["discard-secure"] = "0"
-        await self.publish(keys)
+        await self.write_keys(keys)
 
     async def hotplug_done(self) -> bool:
         """The hotplug step (opening the image) finished: True once probe opened it."""
@@ -400,7 +400,7 @@ class BlkBack(Backend):
         info = (VDISK_READONLY if self.readonly else 0) | (VDISK_CDROM if self.cdrom else 0) \
             | (VDISK_REMOVABLE if self.removable else 0)
 
-        await self.publish({"sectors": str(dev.size // SECTOR_SIZE), "info": str(info),
+        await self.write_keys({"sectors": str(dev.size // SECTOR_SIZE), "info": str(info),
                             "sector-size": str(SECTOR_SIZE),
                             "physical-sector-size": str(dev.physical_sector_size)})
         self._connected = True

@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-The toolstack creates a device by writing two directories (xen-abi 5.2): the
-backend dir ``/local/domain/0/backend/<type>/<D>/<V>`` (dom0-owned, read-only
-to the guest) and the frontend dir ``/local/domain/<D>/device/<type>/<V>``
+The toolstack creates a device by writing two directories in one
+transaction (libxl's ``device_add``): the backend dir
+``/local/domain/0/backend/<type>/<D>/<V>`` (dom0-owned, read-only to the
+guest) and the frontend dir ``/local/domain/<D>/device/<type>/<V>``
 (guest-owned). The bus holds ONE watch per registered device type on
 ``backend/<type>`` under dom0's home. A watch event names the path that
 changed, so the bus finds the device ``(D, V)`` from the path alone - O(1)
@@ -36,19 +37,23 @@ when each hook runs)::
                   grant and closes every port it handed out (idempotent)
     remove()      UNREGISTER: last words; the instance is dropped
 
-A hook that fails because of the guest (:class:`~ring.errors.PeerProtocolError`,
-a grant that does not map, a port that does not bind, a missing key) makes
-the device ``fatal()`` (Closing): that device only; every other device and
-dom0 carry on. The toolstack's detach (``online = 0``, ``state = 5``) and a
-vanished frontend (state reads Unknown) follow the same table; a vanished
-*backend* directory (forced removal) disconnects and unregisters at once.
+A hook or ring worker that fails makes the device ``fatal()`` (Closing):
+that device only; every other device and dom0 carry on. A failure the guest
+caused (:class:`~ring.errors.PeerProtocolError`, a grant that does not map,
+a port that does not bind, a missing key) is logged at INFO; any other
+exception is a bug in the driver and is logged at ERROR with its traceback.
+The toolstack's detach (``online = 0``, ``state = 5``) and a vanished
+frontend (state reads Unknown) follow the same table; a vanished *backend*
+directory (forced removal) disconnects and unregisters at once.
 
-Adding a driver is registering a class::
+Adding a driver is registering a class for its device type; importing the
+module that defines it registers it (see :class:`Backend` for every hook and
+helper)::
 
     @register_backend
-    class BlkBack(Backend):
-        kind = "vbd"
-        async def probe(self): await self.write("feature-flush-cache", "1")
+    class KvBack(Backend):
+        kind = "kv"
+        async def probe(self): await self.write_key("max-key-length", "32")
         async def map_ring(self): ...
         async def connect(self): self.start_worker(self._serve)
 """
@@ -57,9 +62,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import trio
 
@@ -77,7 +84,14 @@ from hypervisor.grant_table import GNTST_okay
 from hypervisor.hypercall import HypercallInterface
 from hypervisor.types import DomId, Port
 from ring.errors import PeerProtocolError
-from ring.xenbus import Action, IllegalTransition, LocalEvent, Transition, XenbusDevice
+from ring.xenbus import (
+    Action,
+    IllegalTransition,
+    LocalEvent,
+    Transition,
+    XenbusDevice,
+    parse_number,
+)
 
 __all__ = [
     "BACKEND_DRIVERS",
@@ -86,6 +100,7 @@ __all__ = [
     "BackendDevice",
     "DeviceGone",
     "Kick",
+    "parse_number",
     "register_backend",
 ]
 
@@ -97,21 +112,33 @@ BACKEND_DRIVERS: dict[str, type[Backend]] = {}
 PEER_ERRORS = (PeerProtocolError, XenError, XenStoreError)
 """Failures a guest can cause in a hook; they make the device fatal, nothing else."""
 
+_KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+B = TypeVar("B", bound="Backend")
+
 
 class DeviceGone(Exception):
     """The device's backend directory was removed (toolstack detach or destroy).
 
-    Raised by :meth:`Backend.publish` instead of writing: a write would
+    Raised by :meth:`Backend.write_keys` instead of writing: a write would
     recreate the directory the toolstack just removed, leaking its nodes.
     """
 
 
-def register_backend(cls: type[Backend]) -> type[Backend]:
+def register_backend(cls: type[B]) -> type[B]:
     """Class decorator: make ``cls`` the default backend for ``cls.kind``.
 
+    Every host booted afterwards serves that device type with ``cls``; the
+    registration happens when the module defining ``cls`` is imported, so
+    import it before :func:`~dom0.host.open_host` (``import mydriver.back``).
+
     Raises:
-        ValueError: another class already serves that type (a wiring bug).
+        ValueError: ``cls.kind`` is not a device type name
+            (``[a-z][a-z0-9_-]{0,31}``), or another class already serves
+            that type (a wiring bug).
     """
+    if not _KIND.fullmatch(cls.kind):
+        raise ValueError(f"{cls.__qualname__}.kind = {cls.kind!r}: set kind to the device "
+                         "type name, e.g. kind = \"kv\"")
     if BACKEND_DRIVERS.get(cls.kind, cls) is not cls:
         raise ValueError(f"a backend for {cls.kind!r} is already registered")
     BACKEND_DRIVERS[cls.kind] = cls
@@ -139,11 +166,34 @@ class BackendDevice:
 
 
 class Backend(RingWorkers):
-    """Base class of every backend driver (blkback, netback, consoleback...).
+    """Base class of every backend driver (blkback, netback, kvback...).
 
-    Subclasses set :attr:`kind` and override the hooks; they acquire grants
-    and ports through :meth:`map_grant` / :meth:`bind_port` so the base class
-    can release them in :meth:`disconnect` whatever happened.
+    A driver subclasses it, sets :attr:`kind`, overrides the **hooks** the bus
+    calls (each ``async def hook(self)``; the state table decides when) and
+    uses the **helpers** for everything it acquires, so the base class can
+    release it whatever happened. Redefining a helper is refused when the
+    class is created (``TypeError`` naming the reserved names), so a driver
+    cannot break the bus by accident with a method of its own.
+
+    Hooks (override; all optional):
+
+    * :meth:`probe` -- publish feature keys (then the bus writes InitWait).
+    * :meth:`map_ring` -- read the frontend's ring keys, map, bind.
+    * :meth:`connect` -- publish details and :meth:`start_worker`.
+    * :meth:`disconnect` -- stop and release; overrides call ``super()`` last.
+    * :meth:`remove` -- last words before the instance is dropped.
+    * :meth:`hotplug_done` -- only for kinds whose table waits for a hotplug step.
+
+    Helpers (call; never redefine): :meth:`read_key`, :meth:`write_key`,
+    :meth:`write_keys`, :meth:`read_frontend`, :meth:`map_grant`,
+    :meth:`bind_port`, :meth:`bind_port_waiter`, :meth:`start_worker`,
+    :meth:`stop_worker`. :meth:`release_resources` may be extended (call
+    ``super()`` last).
+
+    A hook or worker that raises makes *this* device fatal (Closing): a
+    peer's fault (:class:`~ring.errors.PeerProtocolError`, a grant that does
+    not map...) is logged at INFO, any other exception is a driver bug and is
+    logged at ERROR with its traceback. dom0 and every other device carry on.
 
     Args:
         dev: which device (trusted identity).
@@ -152,8 +202,11 @@ class Backend(RingWorkers):
         events: dom0's event dispatcher.
 
     Attributes:
+        kind: the device type this class serves (class attribute).
+        dev: the device's identity (:class:`BackendDevice`).
         workers_started / workers_stopped: ring-worker starts and stops.
-        errors: hooks that failed because of the peer.
+        errors: hooks or workers that failed (the peer's fault or a driver bug).
+        last_error: the exception behind the latest failure, or None.
     """
 
     kind: ClassVar[str] = ""
@@ -167,6 +220,7 @@ class Backend(RingWorkers):
         self.workers_started = 0
         self.workers_stopped = 0
         self.errors = 0
+        self.last_error: BaseException | None = None
         self.worker_failed = False
         self._nursery: trio.Nursery | None = None
         self._worker: trio.CancelScope | None = None
@@ -177,27 +231,37 @@ class Backend(RingWorkers):
     # -- hooks (override) ------------------------------------------------------------------
 
     async def probe(self) -> None:
-        """PUBLISH_FEATURES: write this backend's feature keys (default: none)."""
+        """Hook, PUBLISH_FEATURES: write this backend's feature keys (default: none).
+
+        The bus writes ``state = 2`` (InitWait) after it returns.
+        """
 
     async def map_ring(self) -> None:
-        """MAP_RING: read the frontend's ring keys, map the ring, bind the port."""
+        """Hook, MAP_RING: read the frontend's ring keys, map the ring, bind the port.
+
+        The frontend wrote those keys: check them (:func:`parse_number`).
+        """
 
     async def connect(self) -> None:
-        """CONNECT: publish device details and start serving (:meth:`start_worker`)."""
+        """Hook, CONNECT: publish device details and start serving (:meth:`start_worker`).
+
+        The bus writes ``state = 4`` (Connected) after it returns.
+        """
 
     async def disconnect(self) -> None:
-        """DISCONNECT: stop serving and release everything (idempotent).
+        """Hook, DISCONNECT: stop serving and release everything (idempotent).
 
-        Overrides must call ``await super().disconnect()`` last.
+        Overrides must call ``await super().disconnect()`` last: it stops the
+        worker and releases every grant and port the helpers handed out.
         """
         await self.stop_worker()
         self.release_resources()
 
     async def remove(self) -> None:
-        """UNREGISTER: the instance is about to be dropped (default: nothing)."""
+        """Hook, UNREGISTER: the instance is about to be dropped (default: nothing)."""
 
     async def hotplug_done(self) -> bool:
-        """Has the hotplug step finished (vif: ``hotplug-status`` reads ``connected``)?
+        """Hook: has the hotplug step finished (vif: ``hotplug-status`` reads ``connected``)?
 
         Asked once per pass while the device's table still waits for it (vif,
         vbd: ``Connected`` is deferred until then); never asked for kinds that
@@ -208,22 +272,25 @@ class Backend(RingWorkers):
     # -- helpers for subclasses ---------------------------------------------------------------
 
     async def read_frontend(self, key: str) -> bytes | None:
-        """A key of the frontend dir (guest-controlled), or None if absent."""
+        """A key of the frontend dir (guest-controlled: check it), or None if absent."""
         return await read_or_none(self.xs, f"{self.dev.frontend_path}/{key}")
 
-    async def read(self, key: str) -> bytes | None:
-        """A key of the own (backend) dir, or None if absent."""
+    async def read_key(self, key: str) -> bytes | None:
+        """A key of the own (backend) dir, or None if absent.
+
+        The toolstack and this driver write there; the guest cannot.
+        """
         return await read_or_none(self.xs, f"{self.dev.backend_path}/{key}")
 
-    async def write(self, key: str, value: str | bytes) -> None:
+    async def write_key(self, key: str, value: str | bytes) -> None:
         """Write a key of the own (backend) dir, if the device still exists.
 
         Raises:
             DeviceGone: the toolstack removed the device (nothing written).
         """
-        await self.publish({key: value})
+        await self.write_keys({key: value})
 
-    async def publish(self, keys: Mapping[str, str | bytes]) -> None:
+    async def write_keys(self, keys: Mapping[str, str | bytes]) -> None:
         """Write several keys of the own dir in one transaction, only if the
         directory still exists (as Linux's ``xenbus_switch_state`` checks
         first): a backend finishing slow work after a detach must not
@@ -250,6 +317,11 @@ class Backend(RingWorkers):
     def bind_port(self, remote_port: int, handler: Callable[[int], None]) -> Port:
         """Bind the frontend's unbound ``remote_port``; closed by :meth:`release_resources`.
 
+        Args:
+            remote_port: the frontend's port number (guest-controlled).
+            handler: called with the local port on every event (sync, must
+                not block: set a flag or a :class:`PortWaiter`).
+
         Raises:
             PeerProtocolError: the port does not bind.
         """
@@ -262,12 +334,20 @@ class Backend(RingWorkers):
         return port
 
     def bind_port_waiter(self, remote_port: int) -> tuple[Port, PortWaiter]:
-        """:meth:`bind_port` with a :class:`PortWaiter` as the handler."""
+        """:meth:`bind_port` with a new :class:`PortWaiter` as the handler.
+
+        ``await waiter.wait()`` returns once an event arrived since the last
+        wait (events coalesce).
+        """
         waiter = PortWaiter()
         return self.bind_port(remote_port, waiter.notify), waiter
 
     def release_resources(self) -> None:
-        """Close every port and unmap every grant handed out (idempotent)."""
+        """Close every port and unmap every grant handed out (idempotent).
+
+        Drivers holding more (persistent grants, a bridge port) may extend it,
+        calling ``super().release_resources()`` last.
+        """
         while self._ports:
             port = self._ports.pop()
             self.events.unbind(port)
@@ -275,6 +355,26 @@ class Backend(RingWorkers):
                 self.hc.evtchn_close(port)
         while self._grants:
             self.hc.grant_unmap_one(self._grants.pop())
+
+    # -- deprecated names (kept for drivers written against them) ---------------------
+
+    async def read(self, key: str) -> bytes | None:
+        """Deprecated: use :meth:`read_key`."""
+        warnings.warn("Backend.read() is deprecated: use read_key()", DeprecationWarning,
+                      stacklevel=2)
+        return await self.read_key(key)
+
+    async def write(self, key: str, value: str | bytes) -> None:
+        """Deprecated: use :meth:`write_key`."""
+        warnings.warn("Backend.write() is deprecated: use write_key()", DeprecationWarning,
+                      stacklevel=2)
+        await self.write_key(key, value)
+
+    async def publish(self, keys: Mapping[str, str | bytes]) -> None:
+        """Deprecated: use :meth:`write_keys`."""
+        warnings.warn("Backend.publish() is deprecated: use write_keys()", DeprecationWarning,
+                      stacklevel=2)
+        await self.write_keys(keys)
 
     # -- the ring worker (domu.sync.RingWorkers) ------------------------------------
 
@@ -287,6 +387,17 @@ class Backend(RingWorkers):
         self._fatal_from_worker()
 
     _fatal_from_worker: Callable[[], None] = lambda self: None  # set by the runner
+
+
+Backend._hooks = frozenset({"probe", "map_ring", "connect", "disconnect", "remove",
+                            "hotplug_done"})
+Backend._overridable = frozenset({"release_resources"})
+Backend._reserved = frozenset(
+    {name for klass in (Backend, RingWorkers) for name in vars(klass)
+     if not name.startswith("__")}
+    | {"dev", "xs", "hc", "events", "errors", "last_error", "worker_failed",
+       "workers_started", "workers_stopped"}
+) - Backend._hooks - Backend._overridable - {"kind", "read", "write", "publish"}
 
 
 async def publish_keys(xs: XenStoreClient, base: str, keys: Mapping[str, str | bytes]) -> None:
@@ -324,7 +435,8 @@ class BackendBus:
         xs: dom0's (privileged) xenstore client.
         hc: dom0's hypercall interface.
         events: dom0's event dispatcher.
-        drivers: type -> driver class (default :data:`BACKEND_DRIVERS`).
+        drivers: type -> driver class, merged over :data:`BACKEND_DRIVERS`
+            (to add a type or replace one type's driver; None: the registry).
         domid: the backend domain (0).
 
     Attributes:
@@ -337,7 +449,7 @@ class BackendBus:
         self.xs = xs
         self.hc = hc
         self.events = events
-        self.drivers = dict(BACKEND_DRIVERS if drivers is None else drivers)
+        self.drivers = {**BACKEND_DRIVERS, **(drivers or {})}
         self.domid = domid
         self.devices: dict[tuple[str, int, int], _DeviceRunner] = {}
         self.rescans = 0
@@ -439,7 +551,15 @@ class BackendBus:
             self._probing.discard(key)
             return
         dev = BackendDevice(kind, DomId(domid), devid, bpath, expected)
-        instance = self.drivers[kind](dev, self.xs, self.hc, self.events)
+        try:
+            instance = self.drivers[kind](dev, self.xs, self.hc, self.events)
+        except Exception as exc:  # a driver bug: this device fails, nothing else
+            _log.error("%s: %s() failed (driver bug); the device is Closed", bpath,
+                       self.drivers[kind].__qualname__, exc_info=exc)
+            self._probing.discard(key)
+            with contextlib.suppress(XenStoreError, DeviceGone):
+                await publish_keys(self.xs, bpath, {"state": "6"})
+            return
         machine = XenbusDevice(kind, "backend", online=online != b"0")  # type: ignore[arg-type]
         runner = _DeviceRunner(dev, instance, machine)
         self.devices[key] = runner
@@ -460,8 +580,7 @@ class BackendBus:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                await inst.stop_worker()
-                inst.release_resources()
+                await self._release(runner)
             self.devices.pop(key, None)
             runner.done.set()
 
@@ -493,7 +612,7 @@ class BackendBus:
                 if online == b"0" and own_state == b"5":
                     await self._apply(runner, m.toolstack_close())
             if (not m.hotplug and m.lookup(LocalEvent.HOTPLUG_CONNECTED) is not None
-                    and await inst.hotplug_done()):
+                    and await self._hotplug_done(runner)):
                 await self._apply(runner, m.hotplug_connected())
             front = await read_or_none(self.xs, f"{runner.dev.frontend_path}/state")
             try:
@@ -502,6 +621,46 @@ class BackendBus:
                 await self._fatal(runner)
                 continue
             await self._apply(runner, t)
+
+    def _failed(self, runner: _DeviceRunner, what: str, exc: Exception) -> None:
+        """Count and log a hook's failure: the peer's fault (INFO) or a driver bug (ERROR)."""
+        inst = runner.instance
+        inst.errors += 1
+        inst.last_error = exc
+        if isinstance(exc, PEER_ERRORS):
+            _log.info("%s: %s failed: %s", runner.dev.backend_path, what, exc)
+        else:
+            _log.error("%s: %s raised (driver bug); closing this device",
+                       runner.dev.backend_path, what, exc_info=exc)
+
+    async def _hotplug_done(self, runner: _DeviceRunner) -> bool:
+        try:
+            return bool(await runner.instance.hotplug_done())
+        except Exception as exc:
+            self._failed(runner, "hotplug_done", exc)
+            await self._disconnect(runner)
+            await self._fatal(runner)
+            return False
+
+    async def _disconnect(self, runner: _DeviceRunner) -> None:
+        """The driver's disconnect hook; if it raises, the base class's cleanup still runs."""
+        try:
+            await runner.instance.disconnect()
+        except DeviceGone:
+            pass
+        except Exception as exc:
+            self._failed(runner, Action.DISCONNECT, exc)
+            await self._release(runner)
+
+    async def _release(self, runner: _DeviceRunner) -> None:
+        """Stop the worker and release what the helpers handed out, whatever the driver did."""
+        inst = runner.instance
+        await inst.stop_worker()
+        try:
+            inst.release_resources()
+        except Exception as exc:
+            self._failed(runner, "release_resources", exc)
+            Backend.release_resources(inst)
 
     async def _apply(self, runner: _DeviceRunner, t: Transition) -> None:
         inst = runner.instance
@@ -521,12 +680,14 @@ class BackendBus:
             except DeviceGone:
                 # Removed under us: stop, write nothing; the bus's removal
                 # path (the directory vanished) unregisters the instance.
-                await inst.disconnect()
+                await self._disconnect(runner)
                 return
-            except PEER_ERRORS as exc:
-                inst.errors += 1
-                _log.info("%s: %s failed: %s", runner.dev.backend_path, action, exc)
-                await inst.disconnect()
+            except Exception as exc:  # the peer's fault, or a bug in the driver
+                self._failed(runner, action, exc)
+                if action == Action.DISCONNECT:
+                    await self._release(runner)
+                else:
+                    await self._disconnect(runner)
                 await self._fatal(runner)
                 return
         if t.writes:
@@ -540,10 +701,12 @@ class BackendBus:
         await self._apply(runner, runner.machine.fatal())
 
     async def _force_remove(self, runner: _DeviceRunner) -> None:
-        inst = runner.instance
         if not runner.machine.removed:
-            await inst.disconnect()
-            await inst.remove()
+            await self._disconnect(runner)
+            try:
+                await runner.instance.remove()
+            except Exception as exc:
+                self._failed(runner, Action.UNREGISTER, exc)
             runner.machine.removed = True
 
     async def wait_removed(self, kind: str, domid: int, devid: int) -> None:

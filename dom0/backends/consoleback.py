@@ -10,7 +10,8 @@ backend node ``backend/console/<D>/0`` (``state = 1`` forever) names
 devices whose frontend is ``/local/domain/<D>/device/console/<V>``, so that
 node is never probed: the primary console stays with the builder and the daemon.
 
-*Secondary* consoles run the XenBus handshake (xen-abi 8.2). In Xen, QEMU's
+*Secondary* consoles run the XenBus handshake (Xen's ``docs/misc/console.txt``).
+In Xen, QEMU's
 ``xen_console`` backend serves them, one backend instance per console, and
 Linux's ``hvc_xen`` drives them as ``hvc1``, ``hvc2``... The toolstack writes
 the device as libxl's ``libxl__device_console_add`` does for a non-primary

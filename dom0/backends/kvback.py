@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import trio
 
-from dom0.backends.bus import Backend, register_backend
-from ring.errors import PeerProtocolError
+from dom0.backends.bus import Backend, parse_number, register_backend
 from ring.kvstore import (
     KV_KEY_MAX,
     KV_OP_DELETE,
@@ -47,27 +46,11 @@ from ring.kvstore import (
     kv_back_ring,
 )
 
-__all__ = ["DEFAULT_MAX_ENTRIES", "KvBack", "parse_number"]
+__all__ = ["DEFAULT_MAX_ENTRIES", "KvBack"]
 
 DEFAULT_MAX_ENTRIES = 64
 BATCH = 16
 """Requests consumed per pass: bounds the work one event can cause (XSA-332)."""
-
-
-def parse_number(raw: bytes | None, what: str, limit: int = 0xFFFFFFFF) -> int:
-    """A decimal xenstore value the peer wrote, checked.
-
-    Args:
-        raw: the value (peer-controlled), or None if absent.
-        what: its name, for the error.
-        limit: the largest acceptable value.
-
-    Raises:
-        PeerProtocolError: absent, not decimal, or above ``limit``.
-    """
-    if raw is None or not raw.isdigit() or len(raw) > 10 or int(raw) > limit:
-        raise PeerProtocolError(f"{what}: expected a number <= {limit}, got {raw!r}")
-    return int(raw)
 
 
 @register_backend
@@ -85,8 +68,8 @@ class KvBack(Backend):
     bad_requests = 0
 
     async def probe(self) -> None:
-        await self.write("max-key-length", str(KV_KEY_MAX))
-        await self.write("max-value-length", str(KV_VALUE_MAX))
+        await self.write_keys({"max-key-length": str(KV_KEY_MAX),
+                               "max-value-length": str(KV_VALUE_MAX)})
 
     async def map_ring(self) -> None:
         ref = parse_number(await self.read_frontend("ring-ref"), "ring-ref")
@@ -95,7 +78,7 @@ class KvBack(Backend):
         self.port, self.waiter = self.bind_port_waiter(remote_port)
 
     async def connect(self) -> None:
-        raw = await self.read("max-entries")  # the toolstack wrote it: trusted
+        raw = await self.read_key("max-entries")  # the toolstack wrote it: trusted
         self.max_entries = int(raw) if raw is not None and raw.isdigit() else DEFAULT_MAX_ENTRIES
         self.store: dict[str, bytes] = {}
         self.requests = 0

@@ -403,16 +403,16 @@ class NetBack(Backend):
 
     async def probe(self) -> None:
         """Publish features, then do the hotplug step: join the bridge, ``hotplug-status``."""
-        await self.publish(dict(FEATURES))
-        raw = await self.read("bridge")  # toolstack-written, dom0-owned
+        await self.write_keys(dict(FEATURES))
+        raw = await self.read_key("bridge")  # toolstack-written, dom0-owned
         if raw:
             self.bridge_name = raw.decode("ascii", "replace")
         self._attach_port()
-        await self.write("hotplug-status", "connected")
+        await self.write_key("hotplug-status", "connected")
 
     async def hotplug_done(self) -> bool:
         """True once our ``hotplug-status`` reads ``connected``."""
-        return await self.read("hotplug-status") == b"connected"
+        return await self.read_key("hotplug-status") == b"connected"
 
     async def map_ring(self) -> None:
         """Read the frontend's keys, map both rings, bind the event channel(s).

@@ -1,7 +1,7 @@
 """dom0's software Ethernet bridge (``xenbr0``): a learning switch for vifs.
 
-Theory of operation (xen-abi 7.6; Linux ``net/bridge``)
--------------------------------------------------------
+Theory of operation (as Linux ``net/bridge``)
+---------------------------------------------
 Ports are attached by name - ``vif<domid>.<devid>`` for netback, anything
 else for dom0's own taps. A frame enters with :meth:`Bridge.transmit` (the
 port's *rx* - counters are from dom0's side, so what a guest transmits is rx

@@ -23,8 +23,8 @@ xensim guests are PVH-like: the "frame numbers" in start_info and in the
 ``ring-ref`` keys are guest frame numbers (as HVM/PVH params are), reached
 through the guest's own memory view.
 
-Trust (THREATS "Toolstack"): the record holds everything the toolstack acts
-on - domid, uuid, ports, pages, devices and their paths - and is never
+Trust (the toolstack never believes the guest): the record holds everything
+the toolstack acts on - domid, uuid, ports, pages, devices and their paths - and is never
 refreshed from xenstore, so a guest rewriting its own nodes cannot steer
 dom0. Console keys, ``cpu``, ``memory``, ``device`` and ``control`` are
 read-only to the guest; ``control/shutdown``, ``control/feature-*``,
@@ -158,7 +158,7 @@ def load_program(kernel: str | Callable[..., Any]) -> Callable[..., Awaitable[No
 
 @dataclass(frozen=True)
 class DeviceRequest:
-    """A device the toolstack wires up (libxl's device add, xen-abi 5.2).
+    """A device the toolstack wires up (libxl's ``libxl__device_generic_add``).
 
     Args:
         kind: device type (a backend driver must be registered for it).
@@ -504,7 +504,7 @@ class Toolstack:
         view.release()
 
     async def _write_layout(self, tx: XenStoreTransaction, rec: DomainRecord) -> None:
-        """The standard layout (xen-abi 4.8) with libxl's permissions, in one transaction."""
+        """The standard layout (Xen's xenstore-paths) with libxl's permissions, one transaction."""
         cfg = rec.config
         d = rec.domid
         dom = rec.dom_path
@@ -557,7 +557,7 @@ class Toolstack:
 
     async def _write_device(self, tx: XenStoreTransaction, rec: DomainRecord,
                             req: DeviceRequest) -> None:
-        """libxl__device_generic_add: backend dir, frontend dir, /libxl copy (xen-abi 5.2)."""
+        """libxl__device_generic_add: backend dir, frontend dir, /libxl copy."""
         d = rec.domid
         assert d is not None
         bpath, fpath = req.backend_path(d), req.frontend_path(d)
@@ -785,7 +785,7 @@ class Toolstack:
         """Hot-plug a device into a running domain (libxl ``device_add``).
 
         The same one-transaction write as at create time (backend dir,
-        frontend dir, ``/libxl`` copy; xen-abi 5.2); the device is recorded
+        frontend dir, ``/libxl`` copy); the device is recorded
         in the toolstack's private record *before* anything is written, so a
         destroy at any later point removes it. Returns once the backend
         reached InitWait (the guest's frontend connects on its own).
@@ -959,8 +959,8 @@ def console_device_request(devid: int, name: str | None = None) -> DeviceRequest
     """A secondary PV console, ``device/console/<devid>`` (``hvc<devid>`` in the guest).
 
     The keys libxl's ``libxl__device_console_add`` writes for a console that
-    is not the primary one (xen-abi 8.2): backend ``protocol``; frontend
-    ``limit``, ``type = ioemu`` (served by a device model, QEMU in Xen),
+    is not the primary one (Xen's ``docs/misc/console.txt``): backend
+    ``protocol``; frontend ``limit``, ``type = ioemu`` (served by a device model, QEMU in Xen),
     ``output``, ``tty`` (empty: no pty) and ``protocol``; ``name`` in both
     when given. The toolstack adds ``frontend``/``backend``, the ids,
     ``online`` and ``state``.
@@ -987,7 +987,7 @@ def console_device_request(devid: int, name: str | None = None) -> DeviceRequest
 
 
 def _vbd_request(disk: Any) -> DeviceRequest:
-    """xen-abi 5.3 toolstack keys for one disk (needs a vbd backend driver)."""
+    """The toolstack's keys for one disk, as libxl writes them (needs a vbd backend)."""
     devid = _vdev_number(disk.vdev)
     return DeviceRequest("vbd", devid, backend={
         "dev": disk.vdev, "type": disk.backendtype, "mode": "r" if disk.readonly else "w",
@@ -999,7 +999,7 @@ def _vbd_request(disk: Any) -> DeviceRequest:
 
 
 def vbd_device_request(disk: DiskSpec) -> DeviceRequest:
-    """The device a :class:`DiskSpec` becomes (xen-abi 5.3 toolstack keys).
+    """The device a :class:`DiskSpec` becomes (libxl's vbd keys, ``io/blkif.h``).
 
     Raises:
         ConfigError: a bad ``vdev`` or ``access``.
@@ -1024,7 +1024,7 @@ def _random_mac() -> str:
 
 def _vif_request(vif: Any, index: int,
                  new_mac: Callable[[], str] | None = None) -> DeviceRequest:
-    """xen-abi 5.4 toolstack keys for one vif (needs a vif backend driver).
+    """The toolstack's keys for one vif, as libxl writes them (needs a vif backend).
 
     A vif without ``mac`` gets ``new_mac()`` once, here: the request is the
     toolstack's private record, so the MAC never changes for this device.
@@ -1039,7 +1039,7 @@ def _vif_request(vif: Any, index: int,
 
 
 def vif_device_request(vif: VifSpec, devid: int, new_mac: Callable[[], str]) -> DeviceRequest:
-    """The device a :class:`VifSpec` becomes (``xl network-attach``; xen-abi 5.4 keys).
+    """The device a :class:`VifSpec` becomes (``xl network-attach``; libxl's vif keys).
 
     Args:
         vif: the interface (caller-controlled; validated here).

@@ -1,6 +1,6 @@
 """What a guest is made of: the toolstack's domain configuration.
 
-One dataclass per thing xl.cfg describes (xen-abi section 9): the guest as a
+One dataclass per thing xl.cfg describes (``man xl.cfg``): the guest as a
 whole (:class:`GuestConfig`), each disk (:class:`DiskSpec`, xl-disk-
 configuration) and each network interface (:class:`VifSpec`,
 xl-network-configuration). The xl.cfg parser produces these; the domain

@@ -1,4 +1,4 @@
-"""xl's output formats, as pure functions of plain data (xen-abi 9.5).
+"""xl's output formats (``xl list``, ``xl info``...), as pure functions of plain data.
 
 The host daemon answers with plain dicts (they travel as msgpack); these
 functions turn them into exactly the text ``xl`` prints, column for column,

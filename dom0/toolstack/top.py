@@ -10,7 +10,7 @@ the client, from two consecutive snapshots, exactly as xentop derives CPU %
 from two ``xenstat`` samples: ``(cpu_ns - prev_cpu_ns) / (now - prev_now)``.
 The first frame has no previous sample, so CPU % is 0.0 there (as in xentop).
 
-Layout (xentop's, xen-abi 9.5)::
+Layout (xentop's)::
 
     xentop - 12:00:01   Xen 4.17-xensim
     3 domains: 1 running, 2 blocked, 0 paused, 0 crashed, 0 dying, 0 shutdown

@@ -1,4 +1,4 @@
-"""Reading xl.cfg files the way xl does (xen-abi section 9).
+"""Reading xl.cfg files the way xl does (Xen's ``docs/man/xl.cfg.5.pod.in``).
 
 Theory of operation
 ===================
@@ -665,7 +665,7 @@ _DNPM_RE = re.compile(r"d([0-9]+)(?:p([0-9]+))?")
 
 
 def vdev_number(vdev: str) -> int:
-    """The ``virtual-device`` number of a disk name (xen-abi 6.6).
+    """The ``virtual-device`` number of a disk name (Xen's ``docs/misc/vbd-interface.txt``).
 
     Accepts everything :func:`ring.blkif.vdev_encode` does (``xvda``,
     ``xvdb3``, ``sda``, ``hdc``, a decimal number) plus libxl's ``dNpM``
@@ -799,7 +799,7 @@ _U32_MAX = 2**32 - 1
 
 
 def parse_rate(s: str) -> tuple[int, int]:
-    """Parse a vif ``rate=`` value: ``RATE/s[@INTERVAL]`` (xen-abi 9.3).
+    """Parse a vif ``rate=`` value: ``RATE/s[@INTERVAL]`` (xl-network-configuration).
 
     RATE is a number with an optional ``K``/``M``/``G`` (powers of 1000) and
     ``B`` (bytes) or ``b`` (bits); INTERVAL is a number with ``s`` (the

@@ -1,4 +1,4 @@
-"""dom0's xenstored: the XenStore daemon (xen-abi section 4).
+"""dom0's xenstored: the XenStore daemon (Xen's ``tools/xenstored``, its wire protocol).
 
 The core (:class:`XenStore`) is sans-IO and synchronous; transports are thin
 async adapters around it: :func:`serve` (Unix socket for dom0 tools).

@@ -1,4 +1,4 @@
-"""XenStore path rules (xen-abi 4.3; xenstored ``is_valid_nodename``/``canonicalize``).
+"""XenStore path rules (Xen's xenstored ``is_valid_nodename``/``canonicalize``).
 
 * Absolute paths start with ``/``; characters ``A-Z a-z 0-9 - / _ @`` only;
   no ``//``; no trailing ``/`` except the root; total length <= 3072.

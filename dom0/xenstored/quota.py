@@ -1,4 +1,4 @@
-"""Per-domain limits of xenstored (xen-abi 4.6), at Xen 4.17's defaults.
+"""Per-domain limits of xenstored (``docs/misc/xenstore.txt``), at Xen 4.17's defaults.
 
 All limits apply to unprivileged connections only; dom0 and Unix-socket
 clients are exempt. They are readable and settable through ``CONTROL quota``

@@ -140,7 +140,8 @@ class Store:
         root_perms = (Perm(priv_domid, 0),)
         self.nodes: dict[str, Node] = {"/": Node(b"", root_perms, generation=0)}
         self.owners: Counter[int] = Counter({priv_domid: 1})
-        # The nodes xenstored creates for itself (xen-abi 4.5: "n0").
+        # The nodes xenstored creates for itself, owned by dom0 with no access for
+        # anyone else ("n0"), as Xen's xenstored does at start.
         view = DirectView(self)
         for path in ("/local", "/local/domain", "/tool", "/tool/xenstored"):
             parent_path = get_parent(path)

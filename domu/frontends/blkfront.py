@@ -326,8 +326,8 @@ class BlkFront(Frontend):
         self.ring_order = order
         pages = [self.alloc_page() for _ in range(1 << order)]
         self.ring = FrontRing.init([v for _, v in pages], BLKIF_CODEC)
-        refs = [self.grant(gfn) for gfn, _ in pages]
-        self.port, self._waiter = self.alloc_port()
+        refs = [self.grant_page(gfn) for gfn, _ in pages]
+        self.port, self._waiter = self.alloc_port_waiter()
         keys: list[tuple[str, str]] = []
         if order > 0:
             keys.append(("ring-page-order", str(order)))
@@ -516,7 +516,7 @@ class BlkFront(Frontend):
         """The ref to put in a segment, and the per-request ref to end later (or None)."""
         if self.persistent:
             if page.ref is None:
-                page.ref = self.grant(page.gfn)  # RW, kept while the device lives
+                page.ref = self.grant_page(page.gfn)  # RW, kept while the device lives
             return page.ref, None
         ref = self.grants.grant_access(self.dev.backend_id, page.gfn, readonly)
         return ref, ref

@@ -23,32 +23,47 @@ when each hook runs)::
                        port, ends every grant and frees every page it handed out
     remove()           the device went away (its dir was removed)
 
-The frontend trusts its backend only as far as the threat model says
-(XSA-376/391/396): hooks validate what they read; a failing hook makes the
-device ``fatal()`` (Closing) and nothing else.
+The frontend does not trust its backend (Linux learnt this from
+XSA-376/391/396): hooks validate what they read. A hook or I/O worker that
+raises makes the device ``fatal()`` (Closing) and nothing else: a backend's
+fault is logged at INFO, any other exception is a driver bug, logged at
+ERROR with its traceback. The guest kernel and its other devices carry on.
+The bus itself reads and writes xenstore directly; it never calls a
+driver's methods other than the hooks.
 
-Adding a driver is registering a class::
+Adding a driver is registering a class for its device type; importing the
+module that defines it registers it (see :class:`Frontend` for every hook
+and helper)::
 
     @register_frontend
-    class BlkFront(Frontend):
-        kind = "vbd"
+    class KvFront(Frontend):
+        kind = "kv"
         async def talk_to_backend(self): ...
+        async def connect(self): self.start_worker(self._complete)
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import trio
 
 from domu.evtchn import EventDispatcher, PortWaiter
 from domu.gnttab import GrantTableClient
 from domu.sync import Kick, RingWorkers
-from domu.xenstore import XenStoreClient, XenStoreError, XenStoreProtocolError, read_or_none
+from domu.xenstore import (
+    XenStoreClient,
+    XenStoreError,
+    XenStoreProtocolError,
+    XenStoreTransaction,
+    read_or_none,
+)
 from hypervisor.errno import XenError
 from hypervisor.hypercall import HypercallInterface
 from hypervisor.types import DomId, Gfn, GrantRef, Port
@@ -60,6 +75,7 @@ from ring.xenbus import (
     Transition,
     XenbusDevice,
     XenbusState,
+    parse_number,
 )
 
 __all__ = [
@@ -68,6 +84,7 @@ __all__ = [
     "FrontendBus",
     "FrontendDevice",
     "PageAllocator",
+    "parse_number",
     "register_frontend",
 ]
 
@@ -77,14 +94,27 @@ FRONTEND_DRIVERS: dict[str, type[Frontend]] = {}
 """The default registry: device type -> frontend driver class."""
 
 PEER_ERRORS = (PeerProtocolError, XenError, XenStoreError)
+"""Failures a backend can cause in a hook; they make the device fatal, nothing else."""
+
+_KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+F = TypeVar("F", bound="Frontend")
 
 
-def register_frontend(cls: type[Frontend]) -> type[Frontend]:
+def register_frontend(cls: type[F]) -> type[F]:
     """Class decorator: make ``cls`` the default frontend for ``cls.kind``.
 
+    Every guest booted afterwards drives that device type with ``cls``; the
+    registration happens when the module defining ``cls`` is imported, so
+    import it before :func:`~dom0.host.open_host` (``import mydriver.front``).
+
     Raises:
-        ValueError: another class already drives that type.
+        ValueError: ``cls.kind`` is not a device type name
+            (``[a-z][a-z0-9_-]{0,31}``), or another class already drives
+            that type.
     """
+    if not _KIND.fullmatch(cls.kind):
+        raise ValueError(f"{cls.__qualname__}.kind = {cls.kind!r}: set kind to the device "
+                         "type name, e.g. kind = \"kv\"")
     if FRONTEND_DRIVERS.get(cls.kind, cls) is not cls:
         raise ValueError(f"a frontend for {cls.kind!r} is already registered")
     FRONTEND_DRIVERS[cls.kind] = cls
@@ -146,10 +176,36 @@ class FrontendDevice:
 
 
 class Frontend(RingWorkers):
-    """Base class of every frontend driver (blkfront, netfront, consolefront...).
+    """Base class of every frontend driver (blkfront, netfront, kvfront...).
 
-    Acquire pages, grants and ports through :meth:`alloc_page`, :meth:`grant`
-    and :meth:`alloc_port` so :meth:`release_resources` can give them back.
+    A driver subclasses it, sets :attr:`kind`, overrides the **hooks** the bus
+    calls (each ``async def hook(self)``; the state table decides when) and
+    acquires pages, grants and ports through the **helpers**, so the base
+    class can give them back whatever happened. Redefining a helper is
+    refused when the class is created (``TypeError`` naming the reserved
+    names): name your API methods as you like (``read``, ``write``, ``get``...)
+    as long as they are not helpers or hooks.
+
+    Hooks (override; all optional):
+
+    * :meth:`talk_to_backend` -- allocate, grant and publish the ring(s)
+      (then the bus writes Initialised).
+    * :meth:`connect` -- read the backend's details, start I/O.
+    * :meth:`backend_changed_again` -- the backend announced Connected again.
+    * :meth:`disconnect` -- stop I/O, fail waiting callers, release;
+      overrides call ``super()`` last.
+    * :meth:`remove` -- the device's directory went away.
+
+    Helpers (call; never redefine): :meth:`read_backend`, :meth:`read_key`,
+    :meth:`write_key`, :meth:`write_keys`, :meth:`alloc_page`,
+    :meth:`grant_page`, :meth:`alloc_port`, :meth:`alloc_port_waiter`,
+    :meth:`start_worker`, :meth:`stop_worker`, :attr:`is_connected`.
+    :meth:`release_resources` may be extended (call ``super()`` last).
+
+    A hook or worker that raises makes *this* device fatal (Closing): a
+    backend's fault (:class:`~ring.errors.PeerProtocolError`...) is logged at
+    INFO, any other exception is a driver bug and is logged at ERROR with its
+    traceback. The guest kernel and its other devices carry on.
 
     Args:
         dev: which device.
@@ -160,7 +216,11 @@ class Frontend(RingWorkers):
         pages: the guest's page allocator.
 
     Attributes:
+        kind: the device type this class drives (class attribute).
+        dev: the device's identity (:class:`FrontendDevice`).
         workers_started / workers_stopped: I/O worker starts and stops.
+        errors: hooks or workers that failed (the backend's fault or a driver bug).
+        last_error: the exception behind the latest failure, or None.
         pending_grants: refs still mapped by the backend when released (the
             page is kept, as Linux defers; retried on the next release).
     """
@@ -179,8 +239,10 @@ class Frontend(RingWorkers):
         self.workers_started = 0
         self.workers_stopped = 0
         self.errors = 0
+        self.last_error: BaseException | None = None
         self.worker_failed = False
         self.pending_grants: list[tuple[GrantRef, Gfn | None]] = []
+        self._xenbus_connected = False
         self._nursery: trio.Nursery | None = None
         self._worker: trio.CancelScope | None = None
         self._worker_done: trio.Event | None = None
@@ -189,65 +251,115 @@ class Frontend(RingWorkers):
         self._refs: list[tuple[GrantRef, Gfn | None]] = []
         self._ports: list[Port] = []
 
-    # -- hooks ---------------------------------------------------------------------------
+    # -- hooks (override) -----------------------------------------------------------------
 
     async def talk_to_backend(self) -> None:
-        """TALK_TO_BACKEND: set up the ring(s) and publish them."""
+        """Hook, TALK_TO_BACKEND: set up the ring(s) and publish them.
+
+        Allocate and grant pages, allocate the port, then write the keys the
+        backend reads (:meth:`write_keys`: one transaction). The bus writes
+        ``state = 3`` (Initialised) after it returns, so the keys are there
+        before the backend looks.
+        """
 
     async def connect(self) -> None:
-        """CONNECT: read the backend's details and start I/O."""
+        """Hook, CONNECT: the backend is Connected; read its details, start I/O.
+
+        The bus writes ``state = 4`` after it returns; from then on
+        :attr:`is_connected` is true and :meth:`~domu.guest.Guest.open_device`
+        hands the driver to programs.
+        """
 
     async def backend_changed_again(self) -> None:
-        """CHECK_RESIZE / ANNOUNCE: the backend announced Connected again."""
+        """Hook, CHECK_RESIZE / ANNOUNCE: the backend announced Connected again."""
 
     async def disconnect(self) -> None:
-        """DISCONNECT: stop I/O and release everything (call super() last)."""
+        """Hook, DISCONNECT: stop I/O and release everything (idempotent).
+
+        Overrides fail their waiting callers first, then call
+        ``await super().disconnect()`` last: it stops the worker and releases
+        every port, grant and page the helpers handed out.
+        """
         await self.stop_worker()
         self.release_resources()
 
     async def remove(self) -> None:
-        """The device is going away."""
+        """Hook: the device is going away (its directory was removed)."""
 
     # -- helpers ------------------------------------------------------------------------------
 
+    @property
+    def is_connected(self) -> bool:
+        """True from the end of :meth:`connect` until the device leaves Connected."""
+        return self._xenbus_connected
+
     async def read_backend(self, key: str) -> bytes | None:
-        """A key of the backend dir, or None if absent or unreadable."""
+        """A key of the backend dir (backend-controlled: check it), or None if absent."""
         return await read_or_none(self.xs, f"{self.dev.backend_path}/{key}")
 
-    async def read(self, key: str) -> bytes | None:
+    async def read_key(self, key: str) -> bytes | None:
         """A key of the own (frontend) dir, or None."""
         return await read_or_none(self.xs, f"{self.dev.path}/{key}")
 
-    async def write(self, key: str, value: str | bytes) -> None:
+    async def write_key(self, key: str, value: str | bytes) -> None:
         """Write a key of the own dir."""
         await self.xs.write(f"{self.dev.path}/{key}", value)
 
+    async def write_keys(self, keys: Mapping[str, str | bytes]) -> None:
+        """Write several keys of the own dir in one transaction (all or none)."""
+
+        async def txn(tx: XenStoreTransaction) -> None:
+            for key, value in keys.items():
+                await tx.write(f"{self.dev.path}/{key}", value)
+
+        await self.xs.transaction(txn)
+
     def alloc_page(self) -> tuple[Gfn, memoryview]:
-        """A zeroed page of the guest's own RAM (freed by :meth:`release_resources`)."""
+        """A zeroed page of the guest's own RAM (freed by :meth:`release_resources`).
+
+        Raises:
+            MemoryError: the guest is out of free pages.
+        """
         gfn, view = self.pages.alloc()
         self._pages.append(gfn)
         return gfn, view
 
-    def grant(self, gfn: Gfn, readonly: bool = False) -> GrantRef:
-        """Grant own page ``gfn`` to the backend domain (ended on release)."""
+    def grant_page(self, gfn: Gfn, readonly: bool = False) -> GrantRef:
+        """Grant own page ``gfn`` to the backend domain (access ended on release)."""
         ref = self.grants.grant_access(self.dev.backend_id, gfn, readonly)
         self._refs.append((ref, None))
         return ref
 
-    def alloc_port(self, handler: Callable[[int], None] | None = None,
-                   ) -> tuple[Port, PortWaiter | None]:
-        """An unbound port for the backend, bound to ``handler`` (or a new waiter)."""
+    def alloc_port(self, handler: Callable[[int], None]) -> Port:
+        """An unbound port for the backend to bind, with ``handler`` bound to it.
+
+        Args:
+            handler: called with the port on every event (sync, must not
+                block: set a flag or a :class:`PortWaiter`).
+
+        Returns:
+            The port (publish it, e.g. as ``event-channel``); closed on release.
+        """
         port = self.hc.evtchn_alloc_unbound(self.dev.backend_id)
         self._ports.append(port)
-        waiter = None
-        if handler is None:
-            waiter = PortWaiter()
-            handler = waiter.notify
         self.events.bind(port, handler)
-        return port, waiter
+        return port
+
+    def alloc_port_waiter(self) -> tuple[Port, PortWaiter]:
+        """:meth:`alloc_port` with a new :class:`PortWaiter` as the handler.
+
+        ``await waiter.wait()`` returns once an event arrived since the last
+        wait (events coalesce).
+        """
+        waiter = PortWaiter()
+        return self.alloc_port(waiter.notify), waiter
 
     def release_resources(self) -> None:
-        """Close ports, end grants (deferring refs still mapped), free pages."""
+        """Close ports, end grants (deferring refs still mapped), free pages.
+
+        Drivers holding more may extend it, calling ``super().release_resources()``
+        last.
+        """
         while self._ports:
             port = self._ports.pop()
             self.events.unbind(port)
@@ -264,6 +376,26 @@ class Frontend(RingWorkers):
                 self.pages.free(gfn)
             self._pages = []
 
+    # -- deprecated names (kept for drivers written against them) ---------------------
+
+    async def read(self, key: str) -> bytes | None:
+        """Deprecated: use :meth:`read_key` (a subclass may define its own ``read``)."""
+        warnings.warn("Frontend.read() is deprecated: use read_key()", DeprecationWarning,
+                      stacklevel=2)
+        return await self.read_key(key)
+
+    async def write(self, key: str, value: str | bytes) -> None:
+        """Deprecated: use :meth:`write_key` (a subclass may define its own ``write``)."""
+        warnings.warn("Frontend.write() is deprecated: use write_key()", DeprecationWarning,
+                      stacklevel=2)
+        await self.write_key(key, value)
+
+    def grant(self, gfn: Gfn, readonly: bool = False) -> GrantRef:
+        """Deprecated: use :meth:`grant_page` (a subclass may define its own ``grant``)."""
+        warnings.warn("Frontend.grant() is deprecated: use grant_page()", DeprecationWarning,
+                      stacklevel=2)
+        return self.grant_page(gfn, readonly)
+
     # -- the ring worker (domu.sync.RingWorkers) ------------------------------------
 
     _worker_errors = PEER_ERRORS
@@ -273,6 +405,17 @@ class Frontend(RingWorkers):
 
     def _worker_failure(self) -> None:
         self._kick()
+
+
+Frontend._hooks = frozenset({"talk_to_backend", "connect", "backend_changed_again",
+                             "disconnect", "remove"})
+Frontend._overridable = frozenset({"release_resources"})
+Frontend._reserved = frozenset(
+    {name for klass in (Frontend, RingWorkers) for name in vars(klass)
+     if not name.startswith("__")}
+    | {"dev", "xs", "hc", "events", "grants", "pages", "errors", "last_error",
+       "worker_failed", "workers_started", "workers_stopped", "pending_grants"}
+) - Frontend._hooks - Frontend._overridable - {"kind", "read", "write", "grant"}
 
 
 class _Runner:
@@ -295,7 +438,8 @@ class FrontendBus:
         events: the guest's event dispatcher.
         grants: the guest's grant allocator.
         pages: the guest's page allocator.
-        drivers: type -> driver class (default :data:`FRONTEND_DRIVERS`).
+        drivers: type -> driver class, merged over :data:`FRONTEND_DRIVERS`
+            (to add a type or replace one type's driver; None: the registry).
 
     Attributes:
         devices: ``"<kind>/<devid>"`` -> live driver instance.
@@ -309,7 +453,7 @@ class FrontendBus:
         self.events = events
         self.grants = grants
         self.pages = pages
-        self.drivers = dict(FRONTEND_DRIVERS if drivers is None else drivers)
+        self.drivers = {**FRONTEND_DRIVERS, **(drivers or {})}
         self.home = f"/local/domain/{hc.domid}"
         self.devices: dict[str, Frontend] = {}
         self._runners: dict[str, _Runner] = {}
@@ -366,8 +510,15 @@ class FrontendBus:
                 return
             dev = FrontendDevice(kind, int(devid), path, backend.decode("ascii", "replace"),
                                  DomId(int(backend_id)))
-            inst = self.drivers[kind](dev, self.xs, self.hc, self.events, self.grants,
-                                      self.pages)
+            cls = self.drivers[kind]
+            try:
+                inst = cls(dev, self.xs, self.hc, self.events, self.grants, self.pages)
+            except Exception as exc:  # a driver bug: this device fails, nothing else
+                _log.error("%s: %s() failed (driver bug); the device is Closed", path,
+                           cls.__qualname__, exc_info=exc)
+                with contextlib.suppress(XenStoreError):
+                    await self.xs.write(f"{path}/state", str(int(XenbusState.Closed)))
+                return
             runner = _Runner(inst, XenbusDevice(kind, "frontend"))  # type: ignore[arg-type]
             self._runners[name] = runner
             self.devices[name] = inst
@@ -402,9 +553,9 @@ class FrontendBus:
                 await self._drive(runner)
                 nursery.cancel_scope.cancel()
         finally:
+            inst._xenbus_connected = False
             with trio.CancelScope(shield=True):
-                await inst.stop_worker()
-                inst.release_resources()
+                await self._release(runner)
             self._runners.pop(name, None)
             self.devices.pop(name, None)
             runner.settled.set()
@@ -425,9 +576,13 @@ class FrontendBus:
         while True:
             self._note(runner)
             await runner.kick.wait()
-            if await inst.read("state") is None:  # our dir was removed
-                await inst.disconnect()
-                await inst.remove()
+            if await read_or_none(self.xs, f"{inst.dev.path}/state") is None:
+                inst._xenbus_connected = False  # our dir was removed
+                await self._disconnect(runner)
+                try:
+                    await inst.remove()
+                except Exception as exc:
+                    self._failed(runner, "remove", exc)
                 return
             if inst.worker_failed:
                 inst.worker_failed = False
@@ -435,7 +590,7 @@ class FrontendBus:
                 continue
             if runner.want_close and m.state not in (XenbusState.Closing, XenbusState.Closed):
                 await self._event(runner, LocalEvent.CLOSE)
-            back = await inst.read_backend("state")
+            back = await read_or_none(self.xs, f"{inst.dev.backend_path}/state")
             try:
                 t = m.backend_changed(back)
             except IllegalTransition:
@@ -454,8 +609,39 @@ class FrontendBus:
         if runner.machine.lookup(ev) is not None:
             await self._apply(runner, runner.machine.handle(ev))
 
+    def _failed(self, runner: _Runner, what: str, exc: Exception) -> None:
+        """Count and log a hook's failure: the backend's fault (INFO) or a driver bug (ERROR)."""
+        inst = runner.instance
+        inst.errors += 1
+        inst.last_error = exc
+        if isinstance(exc, PEER_ERRORS):
+            _log.info("%s: %s failed: %s", inst.dev.path, what, exc)
+        else:
+            _log.error("%s: %s raised (driver bug); closing this device", inst.dev.path, what,
+                       exc_info=exc)
+
+    async def _disconnect(self, runner: _Runner) -> None:
+        """The driver's disconnect hook; if it raises, the base class's cleanup still runs."""
+        try:
+            await runner.instance.disconnect()
+        except Exception as exc:
+            self._failed(runner, Action.DISCONNECT, exc)
+            await self._release(runner)
+
+    async def _release(self, runner: _Runner) -> None:
+        """Stop the worker and give back what the helpers handed out, whatever the driver did."""
+        inst = runner.instance
+        await inst.stop_worker()
+        try:
+            inst.release_resources()
+        except Exception as exc:
+            self._failed(runner, "release_resources", exc)
+            Frontend.release_resources(inst)
+
     async def _apply(self, runner: _Runner, t: Transition) -> None:
         inst = runner.instance
+        if t.new_state != XenbusState.Connected:
+            inst._xenbus_connected = False  # before any hook: disconnect sees it closed
         hooks = {
             Action.TALK_TO_BACKEND: inst.talk_to_backend,
             Action.CONNECT: inst.connect,
@@ -469,14 +655,19 @@ class FrontendBus:
                 continue
             try:
                 await hook()
-            except PEER_ERRORS as exc:
-                inst.errors += 1
-                _log.info("%s: %s failed: %s", inst.dev.path, action, exc)
-                await inst.disconnect()
+            except Exception as exc:  # the backend's fault, or a bug in the driver
+                self._failed(runner, action, exc)
+                inst._xenbus_connected = False
+                if action == Action.DISCONNECT:
+                    await self._release(runner)
+                else:
+                    await self._disconnect(runner)
                 if runner.machine.lookup(LocalEvent.FATAL) is not None:
                     await self._apply(runner, runner.machine.fatal())
                 return
+        if t.new_state == XenbusState.Connected:
+            inst._xenbus_connected = True  # before the state write: watchers see a ready driver
         for key, value in t.writes:
             with contextlib.suppress(XenStoreError):
-                await inst.write(key, value)
+                await self.xs.write(f"{inst.dev.path}/{key}", value)
         self._note(runner)

@@ -13,7 +13,8 @@ There is no framing and no XenBus handshake. Like hvc_xen we notify the
 daemon only when an index moved: after a write that queued at least one
 byte, and after a read that freed at least one byte of ``in``.
 
-Waiting follows STYLE rule 10 (no lost wakeups). :meth:`handle_event` is the
+Waiting never loses a wakeup (drain, re-arm, check again, then wait).
+:meth:`handle_event` is the
 synchronous handler the guest kernel binds to the console port; it bumps an
 event counter and wakes every parked task. A task that could not make
 progress parks only if no event arrived since it sampled the counter *before*

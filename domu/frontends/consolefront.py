@@ -77,10 +77,10 @@ class SecondaryConsoleFront(Frontend):
 
     async def talk_to_backend(self) -> None:
         gfn, page = self.alloc_page()
-        ref = self.grant(gfn)
+        ref = self.grant_page(gfn)
         hc = self.hc
         console = ConsoleFront(page, lambda: hc.evtchn_send(port))
-        port, _ = self.alloc_port(console.handle_event)
+        port = self.alloc_port(console.handle_event)
         self.port, self.ring_ref, self.ring_gfn = port, ref, gfn
 
         async def publish(tx: XenStoreTransaction) -> None:

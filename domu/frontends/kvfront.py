@@ -9,8 +9,7 @@ runs the handshake; this driver fills in the hooks:
   it (``SHARED_RING_INIT``), grants it to the backend, allocates an unbound
   port and publishes ``ring-ref`` and ``event-channel`` in one transaction
   (the bus writes ``state = 3`` after it returns);
-* :meth:`KvFront.connect` reads the backend's limits and starts the
-  completion worker.
+* :meth:`KvFront.connect` starts the completion worker.
 
 Guest programs call :meth:`KvFront.get`, :meth:`KvFront.put` and
 :meth:`KvFront.delete`. Each call takes a ring slot (a semaphore sized to the
@@ -38,11 +37,9 @@ from typing import Any
 
 import trio
 
-from domu.evtchn import PortWaiter
 from domu.frontends.bus import Frontend, register_frontend
 from domu.guest import Guest
-from domu.xenstore import XenStoreTransaction
-from ring.errors import PeerProtocolError
+from ring.errors import PeerProtocolError, RingFullError
 from ring.kvstore import (
     KV_OP_DELETE,
     KV_OP_GET,
@@ -89,7 +86,6 @@ class KvFront(Frontend):
     """The ``kv`` frontend: an async dict API over one ring.
 
     Attributes:
-        connected: set once the device is Connected.
         completed: responses consumed.
     """
 
@@ -97,34 +93,21 @@ class KvFront(Frontend):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.connected = trio.Event()
         self.completed = 0
         self._failure: KvDeviceError | None = KvDeviceError("device not connected yet")
         self._inflight: dict[int, _Pending] = {}
         self._next_id = 0
 
-    @property
-    def usable(self) -> bool:
-        """Connected and not closed or broken since."""
-        return self._failure is None
-
     async def talk_to_backend(self) -> None:
         gfn, page = self.alloc_page()
         self.ring = kv_front_ring([page])
-        ref = self.grant(gfn)
-        self.port, waiter = self.alloc_port()
-        assert waiter is not None  # alloc_port() without a handler makes one
-        self.waiter: PortWaiter = waiter
-
-        async def publish(tx: XenStoreTransaction) -> None:
-            await tx.write(f"{self.dev.path}/ring-ref", str(ref))
-            await tx.write(f"{self.dev.path}/event-channel", str(self.port))
-        await self.xs.transaction(publish)
+        ref = self.grant_page(gfn)
+        self.port, self.waiter = self.alloc_port_waiter()
+        await self.write_keys({"ring-ref": str(ref), "event-channel": str(self.port)})
 
     async def connect(self) -> None:
         self._slots = trio.Semaphore(self.ring.size)
         self._failure = None
-        self.connected.set()
         self.start_worker(self._complete)
 
     async def disconnect(self) -> None:
@@ -181,6 +164,9 @@ class KvFront(Frontend):
             self._check_open()
             rid = self._new_id()
             self.ring.put_request(KvRequest(rid, op, key, value))  # validates: ValueError
+        except RingFullError:  # only a backend answering more than we asked gets here
+            self._slots.release()
+            raise KvDeviceError(f"{self.dev.kind}/{self.dev.devid}: device broken") from None
         except BaseException:
             self._slots.release()
             raise
@@ -205,22 +191,26 @@ class KvFront(Frontend):
     async def _complete(self) -> None:
         """The worker: consume responses, check each, wake its caller."""
         ring = self.ring
-        while True:
-            for rsp in ring.get_responses():  # raises on an impossible rsp_prod
-                pending = self._inflight.get(rsp.id)
-                if rsp.error is not None:
-                    raise PeerProtocolError(f"bad response: {rsp.error}")
-                if pending is None:
-                    raise PeerProtocolError(f"response id {rsp.id} is not in flight")
-                if rsp.status not in _EXPECTED[pending.op]:
-                    raise PeerProtocolError(f"status {rsp.status} for op {pending.op}")
-                del self._inflight[rsp.id]
-                self._slots.release()
-                pending.response = rsp
-                pending.done.set()
-                self.completed += 1
-            if not ring.final_check_for_responses():
-                await self.waiter.wait()
+        try:
+            while True:
+                for rsp in ring.get_responses():  # raises on an impossible rsp_prod
+                    pending = self._inflight.get(rsp.id)
+                    if rsp.error is not None:
+                        raise PeerProtocolError(f"bad response: {rsp.error}")
+                    if pending is None:
+                        raise PeerProtocolError(f"response id {rsp.id} is not in flight")
+                    if rsp.status not in _EXPECTED[pending.op]:
+                        raise PeerProtocolError(f"status {rsp.status} for op {pending.op}")
+                    del self._inflight[rsp.id]
+                    self._slots.release()
+                    pending.response = rsp
+                    pending.done.set()
+                    self.completed += 1
+                if not ring.final_check_for_responses():
+                    await self.waiter.wait()
+        except PeerProtocolError:  # no new call may start; disconnect fails the rest
+            self._failure = KvDeviceError(f"{self.dev.kind}/{self.dev.devid}: device broken")
+            raise
 
     def _fail_all(self, exc: KvDeviceError) -> None:
         self._failure = exc
@@ -239,21 +229,18 @@ _EXPECTED = {
 """The statuses a correct backend may answer each op with (anything else: broken)."""
 
 
-async def open_kv(guest: Guest, devid: int = 0) -> KvFront:
+async def open_kv(guest: Guest, devid: int = 0, *, timeout: float | None = None) -> KvFront:
     """Wait until the guest's ``kv/<devid>`` device is Connected; return its driver.
 
-    Works for devices present at boot and for devices hot-plugged later: it
-    watches the device's own ``state`` key (the guest's node) and returns once
-    it reads Connected (4). Callers bound the wait (``trio.fail_after``).
+    Works for devices present at boot and for devices hot-plugged later; the
+    same as ``await guest.open_device(KvFront, devid, timeout=timeout)``.
 
     Args:
         guest: the program's :class:`~domu.guest.Guest`.
         devid: the device id.
+        timeout: seconds to wait (None: for ever).
+
+    Raises:
+        TimeoutError: not Connected within ``timeout``.
     """
-    name = f"kv/{devid}"
-    async with guest.xenstore.watch(f"device/{name}/state") as events:
-        async for _path in events:
-            dev = guest.devices.get(name)
-            if isinstance(dev, KvFront) and dev.usable:
-                return dev
-    raise KvDeviceError(f"{name}: the watch ended")  # pragma: no cover - watches do not end
+    return await guest.open_device(KvFront, devid, timeout=timeout)

@@ -193,10 +193,10 @@ class NetFront(Frontend):
         if not self.backend_features["feature-rx-copy"]:
             raise PeerProtocolError("backend does not offer feature-rx-copy")
         self._sg = self.backend_features["feature-sg"]
-        mac = parse_mac(await self.read("mac"))
+        mac = parse_mac(await self.read_key("mac"))
         if mac[0] & 1:
             raise PeerProtocolError("mac is a multicast address")
-        raw_mtu = await self.read("mtu")
+        raw_mtu = await self.read_key("mtu")
         mtu = DEFAULT_MTU
         if raw_mtu is not None:
             if not raw_mtu.isdigit() or not 68 <= int(raw_mtu) <= 65535:
@@ -210,9 +210,9 @@ class NetFront(Frontend):
         rx_gfn, rx_view = self.alloc_page()
         self._tx = FrontRing.init([tx_view], NETIF_TX_CODEC)
         self._rx = FrontRing.init([rx_view], NETIF_RX_CODEC)
-        tx_ref = self.grant(tx_gfn)
-        rx_ref = self.grant(rx_gfn)
-        self._port, self._waiter = self.alloc_port()
+        tx_ref = self.grant_page(tx_gfn)
+        rx_ref = self.grant_page(rx_gfn)
+        self._port, self._waiter = self.alloc_port_waiter()
         self._tx_free_ids = list(range(NET_TX_RING_SIZE - 1, -1, -1))
         self._tx_inflight = [None] * NET_TX_RING_SIZE
         self._rx_posted = [None] * NET_RX_RING_SIZE

@@ -19,7 +19,7 @@ frames to send back (so the protocol logic is testable without a device):
 
 On start, and whenever it is asked to (:meth:`NetStack.announce`), the stack
 sends a gratuitous ARP so the bridge learns the guest's MAC (netfront's
-ANNOUNCE step, xen-abi 5.4 step 5).
+ANNOUNCE step: Linux netfront sends one once it is connected).
 
 Worked example (a guest program)::
 

@@ -56,10 +56,10 @@ async def main() -> None:
         await show_tree(xs, f"/vm/{UUID}")
         await show_tree(xs, f"/local/domain/0/backend/console/{dom.domid}")
 
-        await dom.console.send("bye\n")
-        reason = await dom.wait()
-        print(f"\nthe guest shut down ({reason!r}) and is {dom.state}")
-        print(dom.console.log().decode().splitlines()[-1])
+        await dom.console.send("bye\n")  # type a line on the guest's console
+        reason = await dom.wait()  # the program returns: the guest powers off
+        print(f"\nthe guest's last line: {dom.console.log().decode().splitlines()[-1]}")
+        print(f"it shut down ({reason.name}) and is {dom.state}")
         print(f"still in xenstore: {await xs.exists(f'/local/domain/{dom.domid}')}")
     print("host shut down; nothing leaked")
 

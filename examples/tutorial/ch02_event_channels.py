@@ -18,7 +18,7 @@ from hypervisor.event_channel import STATE_NAMES, VIRQ_DOM_EXC
 from hypervisor.hypercall import HypercallInterface
 from hypervisor.hypervisor import Hypervisor
 
-# Where the 2-level ABI keeps its bits in shared_info (x86_64, xen-abi 2.3).
+# Where the 2-level ABI keeps its bits in shared_info (x86_64; Xen's public/xen.h).
 PENDING_OFFSET = 2048  # evtchn_pending[64]: one bit per port
 MASK_OFFSET = 2560  # evtchn_mask[64]: one bit per port
 UPCALL_PENDING = 0  # vcpu_info[0].evtchn_upcall_pending (u8)

@@ -27,13 +27,14 @@ from ring.sring import BackRing, FrontRing
 
 Front = FrontRing[BlkifRequest, BlkifResponse]
 Back = BackRing[BlkifRequest, BlkifResponse]
+RING_GFN = Gfn(2)  # the guest page holding the ring
 
 
 def connect_ring(dom0: HypercallInterface, guest: HypercallInterface,
-                 gnttab: GrantTableClient, gfn: int) -> tuple[Front, Back]:
+                 gnttab: GrantTableClient, gfn: Gfn) -> tuple[Front, Back]:
     """Frontend: init + grant page ``gfn``. Backend: map the grant and attach."""
-    front: Front = FrontRing.init([guest.memory.page(Gfn(gfn))], BLKIF_CODEC)
-    ref = gnttab.grant_access(0, Gfn(gfn))
+    front: Front = FrontRing.init([guest.memory.page(gfn)], BLKIF_CODEC)
+    ref = gnttab.grant_access(0, gfn)
     mapping = dom0.grant_map_one(guest.domid, ref)
     assert mapping.view is not None
     back: Back = BackRing.attach([mapping.view], BLKIF_CODEC)
@@ -65,7 +66,7 @@ async def main() -> None:
     domid = dom0.domctl_createdomain(DomainConfig(name="guest", max_pages=64, nr_pages=16))
     guest = hv.interface(domid)
     gnttab = GrantTableClient(guest)
-    front, back = connect_ring(dom0, guest, gnttab, gfn=2)
+    front, back = connect_ring(dom0, guest, gnttab, RING_GFN)
     print(f"blkif ring: {front.size} slots of {BLKIF_CODEC.slot_size} bytes")
     header()
     show("front: init", front, back)
@@ -116,12 +117,13 @@ async def main() -> None:
     show(f"back: got {len(reqs)}, notify={notify}", front, back)
     more = back.final_check_for_requests()
     show(f"back: final_check -> {more}", front, back)
-    front.get_responses()
+    rsps = front.get_responses()
+    show(f"front: got {len(rsps)} responses", front, back)
 
     # 5. A hostile frontend: req_prod far ahead. Only this ring stops.
-    front2, back2 = connect_ring(dom0, guest, gnttab, gfn=3)
-    req_prod = int.from_bytes(guest.memory.read(Gfn(2), 0, 4), "little")
-    guest.memory.write(Gfn(2), 0, (req_prod + 1000).to_bytes(4, "little"))
+    front2, back2 = connect_ring(dom0, guest, gnttab, Gfn(3))
+    req_prod = int.from_bytes(guest.memory.read(RING_GFN, 0, 4), "little")  # header offset 0
+    guest.memory.write(RING_GFN, 0, (req_prod + 1000).to_bytes(4, "little"))
     show("hostile: req_prod += 1000", front, back)
     for attempt in (1, 2):
         try:

@@ -162,7 +162,7 @@ class Frontend:
 
 
 async def create_device(tool: XenStoreClient) -> None:
-    """The toolstack's step (xen-abi 5.2): both directories, at state 1."""
+    """The toolstack's step (libxl's device add): both directories, at state 1."""
     async def body(tx: XenStoreTransaction) -> None:
         for path, perms, keys in (
             (BACK, ["n0", "r1"], {"frontend": FRONT, "frontend-id": "1", "online": "1"}),
@@ -177,7 +177,7 @@ async def create_device(tool: XenStoreClient) -> None:
 
 
 async def detach(tool: XenStoreClient) -> None:
-    """The toolstack unplugs the disk (xen-abi 5.5): online = 0 and state = 5."""
+    """The toolstack unplugs the disk (libxl's device remove): online = 0 and state = 5."""
     async def body(tx: XenStoreTransaction) -> None:
         await tx.write(f"{BACK}/online", "0")
         await tx.write(f"{BACK}/state", str(int(XenbusState.Closing)))

@@ -11,11 +11,10 @@ from __future__ import annotations
 import trio
 
 import dom0.backends.kvback  # noqa: F401  (importing registers the backend for "kv")
-import domu.frontends.kvfront  # noqa: F401  (... and the frontend)
 from dom0.host import open_host
 from dom0.toolstack.builder import DeviceRequest
 from dom0.toolstack.config import GuestConfig
-from domu.frontends.kvfront import KvDeviceError, KvFull, open_kv
+from domu.frontends.kvfront import KvDeviceError, KvFront, KvFull  # ... and the frontend
 from domu.guest import Guest
 from domu.xenstore import XenStoreClient
 
@@ -23,8 +22,7 @@ from domu.xenstore import XenStoreClient
 async def app(guest: Guest) -> None:
     """The guest program: waits for its kv device, uses it, notices it going away."""
     await guest.console.print("app: waiting for kv/0")
-    with trio.fail_after(30):
-        kv = await open_kv(guest)
+    kv = await guest.open_device(KvFront, 0, timeout=30)  # boot or hot-plug: waits
     await guest.console.print("app: kv/0 connected")
     await kv.put("colour", b"blue")
     await kv.put("shape", b"round")

@@ -82,7 +82,7 @@ class ScriptBack(Backend):
         self.front_keys: dict[str, bytes | None] = {}
         self._persist: dict[int, memoryview] = {}
         for key, value in self.cfg.probe_keys.items():
-            await self.write(key, value)
+            await self.write_key(key, value)
         INSTANCES[self.dev.devid] = self
 
     async def hotplug_done(self) -> bool:
@@ -106,10 +106,10 @@ class ScriptBack(Backend):
         self.persistent = self.cfg.persistent and self.front_keys["feature-persistent"] == b"1"
 
     async def connect(self) -> None:
-        await self.write("sectors", str(self.cfg.size // 512))
-        await self.write("info", str(self.cfg.info))
-        await self.write("sector-size", str(self.cfg.sector_size))
-        await self.write("feature-persistent", "1" if self.cfg.persistent else "0")
+        await self.write_key("sectors", str(self.cfg.size // 512))
+        await self.write_key("info", str(self.cfg.info))
+        await self.write_key("sector-size", str(self.cfg.sector_size))
+        await self.write_key("feature-persistent", "1" if self.cfg.persistent else "0")
         self.start_worker(self._serve)
 
     # -- serving --------------------------------------------------------------------------

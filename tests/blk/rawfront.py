@@ -73,10 +73,10 @@ class RawBlkFront(Frontend):
         for _ in range(1 << self.ring_page_order):
             gfn, view = self.alloc_page()
             pages.append(view)
-            refs.append(self.grant(gfn))
+            refs.append(self.grant_page(gfn))
         self.ring: FrontRing[BlkifAnyRequest, BlkifResponse] = FrontRing.init(
             pages, BLKIF_CODEC)
-        port, waiter = self.alloc_port()
+        port, waiter = self.alloc_port_waiter()
         assert waiter is not None
         self.port = port
         self.waiter: PortWaiter = waiter
@@ -89,7 +89,7 @@ class RawBlkFront(Frontend):
             keys.update({f"ring-ref{i}": str(r) for i, r in enumerate(refs)})
         keys.update(self.keys)
         for key, value in keys.items():
-            await self.write(key, value)
+            await self.write_key(key, value)
 
     async def connect(self) -> None:
         self.sectors = int(await self.read_backend("sectors") or b"0")
@@ -103,7 +103,7 @@ class RawBlkFront(Frontend):
         """A fresh page of guest RAM and a grant of it (to the backend by default)."""
         gfn, view = self.alloc_page()
         if grant_to is None:
-            return self.grant(gfn, readonly), view
+            return self.grant_page(gfn, readonly), view
         ref = self.grants.grant_access(DomId(grant_to), gfn, readonly)
         self._refs.append((ref, None))
         return ref, view

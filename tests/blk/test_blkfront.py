@@ -176,8 +176,8 @@ async def test_missing_sector_size_is_fatal(
         autojump_clock: MockClock, guest_factory: GuestFactory, xen_host: Host) -> None:
     class NoSectorSize(ScriptBack):
         async def connect(self) -> None:
-            await self.write("sectors", "2048")
-            await self.write("info", "0")
+            await self.write_key("sectors", "2048")
+            await self.write_key("info", "0")
             self.start_worker(self._serve)
 
     xen_host.kernel.backends.drivers["vbd"] = NoSectorSize

@@ -31,8 +31,8 @@ class RefusingBack(Backend):
     kind = "vbd"
 
     async def probe(self) -> None:
-        await self.write("hotplug-error", "no such image")
-        await self.write("hotplug-status", "error")
+        await self.write_key("hotplug-error", "no such image")
+        await self.write_key("hotplug-status", "error")
         raise PeerProtocolError("cannot open the image")
 
 
@@ -115,7 +115,7 @@ async def test_attach_refusals(autojump_clock: MockClock, guest_factory: GuestFa
                                xen_host: Host) -> None:
     dom = await guest_factory(hotplug_echoer)
     with pytest.raises(ConfigError, match="no backend driver"):
-        await dom.attach_device(DeviceRequest("vif", 0))
+        await dom.attach_device(DeviceRequest("nodriver", 0))
     await dom.attach_device(ECHO)
     with pytest.raises(ConfigError, match="already exists"):
         await dom.attach_device(DeviceRequest("console", 1))

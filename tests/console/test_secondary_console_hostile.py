@@ -139,7 +139,7 @@ class BogusKeysFront(SecondaryConsoleFront):
         await super().talk_to_backend()
         if self.dev.devid == 1:
             key, value = self.bogus
-            await self.write(key, value)
+            await self.write_key(key, value)
 
 
 BOGUS_KEYS = [("ring-ref", "junk"), ("ring-ref", "4000"), ("ring-ref", "99999999999"),

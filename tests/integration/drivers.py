@@ -34,7 +34,7 @@ class EchoBack(Backend):
     kind = "console"
 
     async def probe(self) -> None:
-        await self.write("protocol", "vt100")
+        await self.write_key("protocol", "vt100")
 
     async def map_ring(self) -> None:
         ref = _number(await self.read_frontend("ring-ref"), "ring-ref")
@@ -63,12 +63,12 @@ class EchoFront(Frontend):
     async def talk_to_backend(self) -> None:
         gfn, view = self.alloc_page()
         self.ring = ConsoleGuest(view)
-        ref = self.grant(gfn)
-        self.port, waiter = self.alloc_port()
+        ref = self.grant_page(gfn)
+        self.port, waiter = self.alloc_port_waiter()
         assert waiter is not None
         self.waiter: PortWaiter = waiter
-        await self.write("ring-ref", str(ref))
-        await self.write("port", str(self.port))
+        await self.write_key("ring-ref", str(ref))
+        await self.write_key("port", str(self.port))
 
     async def echo(self, data: bytes) -> bytes:
         """Send ``data`` and wait (<= 5 s) for it to come back."""

@@ -62,10 +62,11 @@ class RawNetFront(Frontend):
         rx_gfn, rx_view = self.alloc_page()
         self.tx = FrontRing.init([tx_view], NETIF_TX_CODEC)
         self.rx = FrontRing.init([rx_view], NETIF_RX_CODEC)
-        keys = {"tx-ring-ref": str(self.grant(tx_gfn)), "rx-ring-ref": str(self.grant(rx_gfn))}
-        self.tx_port, self.tx_waiter = self.alloc_port()
+        keys = {"tx-ring-ref": str(self.grant_page(tx_gfn)),
+                "rx-ring-ref": str(self.grant_page(rx_gfn))}
+        self.tx_port, self.tx_waiter = self.alloc_port_waiter()
         if self.split:
-            self.rx_port, self.rx_waiter = self.alloc_port()
+            self.rx_port, self.rx_waiter = self.alloc_port_waiter()
             keys["event-channel-tx"] = str(self.tx_port)
             keys["event-channel-rx"] = str(self.rx_port)
         else:
@@ -74,7 +75,7 @@ class RawNetFront(Frontend):
         keys.update({"request-rx-copy": "1", "feature-rx-notify": "1", "feature-sg": "1"})
         keys.update(self.extra_keys)
         for key, value in keys.items():
-            await self.write(key, value)
+            await self.write_key(key, value)
         self.rx_pages: dict[int, memoryview] = {}
 
     # -- helpers for tests ---------------------------------------------------------------
@@ -82,7 +83,7 @@ class RawNetFront(Frontend):
         """A page holding ``data`` at ``offset``, granted to the backend; its gref."""
         gfn, view = self.alloc_page()
         view[offset:offset + len(data)] = data
-        return self.grant(gfn, readonly=readonly)
+        return self.grant_page(gfn, readonly=readonly)
 
     def send(self, slots: list[NetifTxRequest | NetifExtraInfo]) -> None:
         """Put slots on the tx ring, push, notify if the ring says so."""
@@ -96,7 +97,7 @@ class RawNetFront(Frontend):
         reqs = []
         for rid in ids:
             gfn, view = self.alloc_page()
-            ref = self.grant(gfn)
+            ref = self.grant_page(gfn)
             self.rx_pages[ref] = view
             refs.append(ref)
             reqs.append(NetifRxRequest(rid, ref))

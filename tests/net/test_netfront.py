@@ -56,7 +56,7 @@ class ScriptedNetBack(Backend):
 
     async def probe(self) -> None:
         for key, value in self.features.items():
-            await self.write(key, value)
+            await self.write_key(key, value)
 
     async def map_ring(self) -> None:
         self.keys = {k: await self.read_frontend(k) for k in (
@@ -68,7 +68,7 @@ class ScriptedNetBack(Backend):
             [self.map_grant(int(self.keys["rx-ring-ref"] or b""))], NETIF_RX_CODEC)
         self.port, self.waiter = self.bind_port_waiter(int(self.keys["event-channel"] or b""))
         self.held: list[int] = []
-        await self.write("state", "4")
+        await self.write_key("state", "4")
 
     # -- grant copies (map, copy, unmap) ---------------------------------------------------
 
