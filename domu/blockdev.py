@@ -146,7 +146,7 @@ class BlockDevice:
         """Return when I/O may be issued; raise BlockDeviceError when it never will."""
         raise NotImplementedError
 
-    async def _read_aligned(self, offset: int, length: int) -> bytearray:
+    async def _read_aligned(self, offset: int, length: int) -> bytes | bytearray:
         """Read ``length`` bytes at ``offset`` (both sector multiples)."""
         raise NotImplementedError
 
@@ -191,7 +191,7 @@ class BlockDevice:
             return b""
         buf = await self._read_aligned(start, end - start)
         if start == offset and end - start == length:
-            return bytes(buf)
+            return buf if type(buf) is bytes else bytes(buf)  # no second copy
         return bytes(memoryview(buf)[offset - start : offset - start + length])
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
