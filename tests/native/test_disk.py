@@ -21,6 +21,7 @@ from dom0.native.disk import (
     BlockIOError,
     FaultRule,
     FaultyDevice,
+    IoVec,
     RamDisk,
     open_image,
 )
@@ -565,3 +566,79 @@ async def test_large_reads_skip_the_inline_path(
     async with open_image(path) as dev:
         await dev.read(0, NOWAIT_MAX_BYTES + SECTOR)
     assert all(f == 0 for f, _ in log)
+
+
+# -- try_readv: the synchronous fast path blkback takes first ---------------------------------
+
+
+async def test_try_readv_serves_cached_reads_without_awaiting(
+    image: Path, image_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _spy_preadv(monkeypatch, lambda real, fd, b, off, fl: real(fd, b, off, fl))
+    async with open_image(image) as dev:
+        bufs = [bytearray(SECTOR), bytearray(3 * SECTOR)]
+        assert dev.try_readv(2 * SECTOR, [memoryview(b) for b in bufs]) is True
+        assert bytes(bufs[0] + bufs[1]) == image_bytes[2 * SECTOR : 6 * SECTOR]
+        assert (dev.stats.reads, dev.stats.bytes_read, dev.stats_nowait_reads) == (1, 4 * SECTOR, 1)
+    assert log == [(os.RWF_NOWAIT, threading.get_ident())]
+
+
+@pytest.mark.parametrize("cached", ["none", "part", "unsupported"])
+async def test_try_readv_says_no_unless_all_is_cached(
+    image: Path, image_bytes: bytes, monkeypatch: pytest.MonkeyPatch, cached: str
+) -> None:
+    def behaviour(real: Any, fd: int, bufs: Any, off: int, flags: int) -> int:
+        if not flags & os.RWF_NOWAIT:
+            return real(fd, bufs, off)
+        if cached == "none":
+            raise BlockingIOError(errno.EAGAIN, "would block")
+        if cached == "part":
+            return real(fd, [bufs[0][:700]], off, flags)
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    _spy_preadv(monkeypatch, behaviour)
+    async with open_image(image) as dev:
+        buf = bytearray(4 * SECTOR)
+        assert dev.try_readv(0, [memoryview(buf)]) is False
+        assert dev.stats.reads == 0  # nothing counted: readv does the real read
+        await dev.readv(0, [memoryview(buf)])
+        assert bytes(buf) == image_bytes[: 4 * SECTOR] and dev.stats.reads == 1
+
+
+async def test_try_readv_checks_like_readv(image: Path) -> None:
+    async with open_image(image) as dev:
+        with pytest.raises(BlockIOError) as exc:
+            dev.try_readv(len(image.read_bytes()), [memoryview(bytearray(SECTOR))])
+        assert exc.value.errno == errno.EINVAL and dev.stats.errors_by_errno == {errno.EINVAL: 1}
+        with pytest.raises(TypeError):
+            dev.try_readv(0, [memoryview(bytes(SECTOR))])  # read-only buffer
+    with pytest.raises(trio.ClosedResourceError):
+        dev.try_readv(0, [memoryview(bytearray(SECTOR))])
+
+
+async def test_ramdisk_try_readv_and_faulty_device_always_await() -> None:
+    ram = RamDisk(8 * SECTOR, initial=b"r" * (8 * SECTOR))
+    buf = bytearray(2 * SECTOR)
+    assert ram.try_readv(SECTOR, [memoryview(buf)]) and bytes(buf) == b"r" * (2 * SECTOR)
+    faulty = FaultyDevice(RamDisk(8 * SECTOR), [FaultRule("read", error=errno.EIO)])
+    assert faulty.try_readv(0, [memoryview(buf)]) is False  # faults apply on readv
+    with pytest.raises(BlockIOError):
+        await faulty.readv(0, [memoryview(buf)])
+
+
+async def test_iovec_is_checked_once_and_reused(image: Path, image_bytes: bytes) -> None:
+    mm = mmap.mmap(-1, 2 * PAGE)
+    views = _segments(mm, [(0, 1, 3), (1, 0, 7)])
+    vec = IoVec([*views, memoryview(bytearray(0))], writable=True)
+    assert len(vec.views) == 2 and vec.nbytes == 11 * SECTOR  # the empty buffer dropped
+    async with open_image(image) as dev:
+        for _ in range(2):
+            await dev.readv(SECTOR, vec)
+            assert b"".join(views) == image_bytes[SECTOR : 12 * SECTOR]
+        assert dev.try_readv(0, vec) and b"".join(views) == image_bytes[: 11 * SECTOR]
+        await dev.writev(0, IoVec([bytes(SECTOR)], writable=False))
+        assert await dev.read(0, SECTOR) == bytes(SECTOR)
+        with pytest.raises(TypeError):
+            await dev.readv(0, IoVec([bytearray(SECTOR)], writable=False))
+    with pytest.raises(TypeError):
+        IoVec([bytes(SECTOR)], writable=True)
