@@ -126,8 +126,9 @@ __all__ = ["MAX_BUFFER_PAGES", "BlkFront", "BlkfrontBroken", "BlkfrontDisk"]
 _log = logging.getLogger("xensim.domu.blkfront")
 
 MAX_BUFFER_PAGES = 8192
-"""At most this many data/indirect pages (32 MiB) per disk, and at most half the
-guest's free pages at connect time; the usable ids shrink to fit."""
+"""At most this many data pages (32 MiB) per disk - plus each id's indirect
+pages - and at most half the guest's free pages at connect time; the usable ids
+shrink to fit (32 ids of 1 MiB requests)."""
 MAX_SECTORS_DIGITS = 20
 
 
@@ -408,10 +409,11 @@ class BlkFront(Frontend):
         self.size = sectors * SECTOR_SIZE
         self.readonly = bool(self.info & VDISK_READONLY)
         await self._gather_features()
-        per = self.segs_per_request + self._indirect_pages_for(self.segs_per_request)
-        budget = min(MAX_BUFFER_PAGES, max(per, self.pages.free_count // 2))
-        usable = max(1, min(self.ring.size, budget // per))
-        self._page_budget = budget
+        segs = self.segs_per_request
+        per = segs + self._indirect_pages_for(segs)
+        usable = max(1, min(self.ring.size, MAX_BUFFER_PAGES // segs,
+                            self.pages.free_count // 2 // per))
+        self._page_budget = usable * per
         self._ids = _IdPool(usable)
         self._shadow = [None] * self.ring.size
         self._data_pages = [[] for _ in range(usable)]

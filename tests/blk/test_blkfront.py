@@ -221,6 +221,25 @@ async def test_indirect_descriptors(
     assert back.disk.snapshot()[1 << 20:(1 << 20) + len(data)] == data
 
 
+async def test_thirty_two_one_mib_requests_in_flight(
+        autojump_clock: MockClock, guest_factory: GuestFactory, xen_host: Host,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """32 MiB of data pages buy 32 ids of 256 segments (their indirect pages
+    come on top), so 32 readers never queue for an id."""
+    monkeypatch.setattr(BlkFront, "max_indirect_segments", 256)  # 1 MiB requests
+    CONFIGS[XVDA] = BackConfig(size=4 << 20, probe_keys={"feature-max-indirect-segments": "256",
+                                                        "max-ring-page-order": "4"})
+    seen: dict[str, Any] = {}
+
+    async def prog(guest: Guest) -> None:
+        front = guest.devices["vbd/51712"]
+        seen["segs"] = front.segs_per_request  # type: ignore[attr-defined]
+        seen["ids"] = front._ids.size  # type: ignore[attr-defined]
+
+    await run_guest(guest_factory, prog, memory=128)
+    assert seen == {"segs": 256, "ids": 32}
+
+
 async def test_direct_requests_split_at_11_segments(
         autojump_clock: MockClock, guest_factory: GuestFactory, xen_host: Host) -> None:
     CONFIGS[XVDA] = BackConfig()
