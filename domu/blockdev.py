@@ -146,6 +146,11 @@ class BlockDevice:
         """Return when I/O may be issued; raise BlockDeviceError when it never will."""
         raise NotImplementedError
 
+    def _usable(self) -> bool:
+        """True when I/O may be issued right now (lets the hot path skip awaiting
+        :meth:`_check_usable`); False means "ask :meth:`_check_usable`"."""
+        return False
+
     async def _read_aligned(self, offset: int, length: int) -> bytes | bytearray:
         """Read ``length`` bytes at ``offset`` (both sector multiples)."""
         raise NotImplementedError
@@ -185,7 +190,8 @@ class BlockDevice:
         Raises:
             BlockDeviceError: EINVAL (range), EIO, ENODEV.
         """
-        await self._check_usable()
+        if not self._usable():
+            await self._check_usable()
         start, end = self._range(offset, length, "read")
         if length == 0:
             return b""
@@ -208,7 +214,8 @@ class BlockDevice:
         if mv.format != "B" or mv.ndim != 1:
             mv = mv.cast("B")
         length = mv.nbytes
-        await self._check_usable()
+        if not self._usable():
+            await self._check_usable()
         start, end = self._range(offset, length, "write")
         if self.readonly:
             raise io_error(errno.EROFS, "write to a read-only disk")

@@ -544,10 +544,11 @@ class BlkBack(Backend):
         dev = self.device
         assert dev is not None
         st = self.stats
-        name = "unknown" if isinstance(req, BlkifUnknownRequest) \
+        kind = type(req)  # the codec builds exactly these four record types
+        name = "unknown" if kind is BlkifUnknownRequest \
             else _OP_NAMES.get(req.operation, "unknown")
         st.requests[name] = st.requests.get(name, 0) + 1
-        if isinstance(req, BlkifUnknownRequest):
+        if kind is BlkifUnknownRequest:
             st.eopnotsupp += 1
             self._respond(req, BLKIF_RSP_EOPNOTSUPP)
             return
@@ -555,7 +556,7 @@ class BlkBack(Backend):
             self._refuse(req, req.error)
             return
         sectors = dev.size // SECTOR_SIZE
-        if isinstance(req, BlkifDiscardRequest):
+        if kind is BlkifDiscardRequest:
             if not self.discard_enabled or req.flag & BLKIF_DISCARD_SECURE:
                 st.eopnotsupp += 1  # not advertised (discard-secure is 0)
                 self._respond(req, BLKIF_RSP_EOPNOTSUPP)
@@ -567,7 +568,7 @@ class BlkBack(Backend):
             else:
                 io.start_soon(self._do_discard, req, self._track_write(), self._barrier)
             return
-        if isinstance(req, BlkifIndirectRequest):
+        if kind is BlkifIndirectRequest:
             op = req.indirect_op
             try:
                 sl = self._indirect_seglist(req)
@@ -825,25 +826,33 @@ class BlkBack(Backend):
         RAM), else start its task with the pages already mapped."""
         dev = self.device
         assert dev is not None
+        vec = sl.iovec  # a cached list: its pages are mapped already, nothing to release
+        if vec is not None:
+            mapped = None
+        else:
+            try:
+                mapped = self._map_request(sl, into_guest=True)
+            except _BadRequest as exc:
+                sl.busy -= 1
+                self._refuse(req, str(exc))
+                return
+            vec = mapped.vec
         try:
-            mapped = self._map_request(sl, into_guest=True)
-        except _BadRequest as exc:
-            sl.busy -= 1
-            self._refuse(req, str(exc))
-            return
-        try:
-            done = dev.try_readv(req.sector_number * SECTOR_SIZE, mapped.vec)
+            done = dev.try_readv(req.sector_number * SECTOR_SIZE, vec)
         except BaseException as exc:
-            self._release(mapped)
+            if mapped is not None:
+                self._release(mapped)
             sl.busy -= 1
             if not isinstance(exc, BlockIOError):
                 raise
             self._io_error(req, exc)
             return
         if not done:
-            io.start_soon(self._do_rw, req, BLKIF_OP_READ, sl, None, None, mapped)
+            io.start_soon(self._do_rw, req, BLKIF_OP_READ, sl, None, None,
+                          mapped if mapped is not None else _Mapped(vec, [], []))
             return
-        self._release(mapped)  # before the response: XSA-361/362, blkif 3.5
+        if mapped is not None:
+            self._release(mapped)  # before the response: XSA-361/362, blkif 3.5
         sl.busy -= 1
         st = self.stats
         st.max_in_flight = max(st.max_in_flight, self._busy + 1)

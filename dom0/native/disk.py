@@ -444,7 +444,7 @@ class BlockDevice(abc.ABC):
 
         The synchronous fast path blkback takes before it starts a task for a
         read: an image file tries ``preadv2(RWF_NOWAIT)`` (see
-        :meth:`ImageFile._try_read_nowait`), a ramdisk copies. Nothing is
+        :meth:`ImageFile._do_try_readv`), a ramdisk copies. Nothing is
         awaited, so it never blocks the event loop on the disk.
 
         Args:
@@ -462,7 +462,7 @@ class BlockDevice(abc.ABC):
         views, length = _vector(buffers, writable=True)
         try:
             self._check_range(offset, length, "read")
-            if not self._do_try_readv(offset, views, length):
+            if self._do_try_readv(offset, views, length) != length:
                 return False
         except BlockIOError as exc:
             self.stats.count_error(exc.errno or errno.EIO)
@@ -554,9 +554,10 @@ class BlockDevice(abc.ABC):
     @abc.abstractmethod
     async def _do_readv(self, offset: int, views: list[memoryview]) -> None: ...
 
-    def _do_try_readv(self, offset: int, views: list[memoryview], length: int) -> bool:
-        """Fill ``views`` (``length`` bytes, checked) without blocking, or return False."""
-        return False
+    def _do_try_readv(self, offset: int, views: list[memoryview], length: int) -> int:
+        """Fill ``views`` (``length`` bytes, checked) as far as possible without
+        blocking; return how many bytes were read (0: none)."""
+        return 0
 
     @abc.abstractmethod
     async def _do_writev(self, offset: int, views: list[memoryview]) -> None: ...
@@ -588,7 +589,7 @@ class ImageFile(BlockDevice):
         readonly, sector_size, physical_sector_size, max_threads: see
             :class:`BlockDevice`.
         nowait_reads: try cached reads inline with ``RWF_NOWAIT`` first (see
-            :meth:`_try_read_nowait`); ``False`` sends every read to a thread.
+            :meth:`_do_try_readv`); ``False`` sends every read to a thread.
 
     Attributes:
         discard_mode: ``"punch"`` (``fallocate`` hole punching) until the
@@ -633,7 +634,7 @@ class ImageFile(BlockDevice):
 
     async def _do_readv(self, offset: int, views: list[memoryview]) -> None:
         if self._nowait_reads:
-            got = self._try_read_nowait(views, offset, sum(v.nbytes for v in views))
+            got = self._do_try_readv(offset, views, sum(v.nbytes for v in views))
             if got:
                 views = _consume(views, got)
                 offset += got
@@ -642,12 +643,7 @@ class ImageFile(BlockDevice):
                 return
         await self._run(_preadv_full, self.fd, views, offset)
 
-    def _do_try_readv(self, offset: int, views: list[memoryview], length: int) -> bool:
-        if not self._nowait_reads:
-            return False
-        return self._try_read_nowait(views, offset, length) == length
-
-    def _try_read_nowait(self, views: list[memoryview], offset: int, length: int) -> int:
+    def _do_try_readv(self, offset: int, views: list[memoryview], length: int) -> int:
         """The page-cache fast path: ``preadv2(RWF_NOWAIT)`` in the event loop.
 
         RWF_NOWAIT makes the kernel copy only what is already cached and fail
@@ -657,12 +653,12 @@ class ImageFile(BlockDevice):
         copying in the event loop.
 
         Args:
-            views: non-empty buffers; ``length`` is their total.
+            views: the buffers; ``length`` is their total.
 
         Returns:
             How many bytes were read (0: nothing; the slow path decides).
         """
-        if length > NOWAIT_MAX_BYTES or len(views) > _IOV_MAX:
+        if not self._nowait_reads or length > NOWAIT_MAX_BYTES or len(views) > _IOV_MAX:
             return 0
         try:
             got = os.preadv(self.fd, views, offset, os.RWF_NOWAIT)
@@ -798,12 +794,12 @@ class RamDisk(BlockDevice):
         await trio.lowlevel.checkpoint()
         self._do_try_readv(offset, views, 0)
 
-    def _do_try_readv(self, offset: int, views: list[memoryview], length: int) -> bool:
+    def _do_try_readv(self, offset: int, views: list[memoryview], length: int) -> int:
         for view in views:
             n = view.nbytes
             view[:] = self._view[offset : offset + n]
             offset += n
-        return True
+        return length
 
     async def _do_writev(self, offset: int, views: list[memoryview]) -> None:
         await trio.lowlevel.checkpoint()

@@ -421,7 +421,7 @@ async def test_native_io_error_fails_only_that_request(
 class _NoCacheRamDisk(RamDisk):
     """A ramdisk whose synchronous read path fails, as a page-cache read may."""
 
-    def _do_try_readv(self, offset: int, views: list[memoryview], length: int) -> bool:
+    def _do_try_readv(self, offset: int, views: list[memoryview], length: int) -> int:
         raise BlockIOError(errno.EIO, "injected error on the inline read")
 
 
