@@ -642,3 +642,84 @@ async def test_iovec_is_checked_once_and_reused(image: Path, image_bytes: bytes)
             await dev.readv(0, IoVec([bytearray(SECTOR)], writable=False))
     with pytest.raises(TypeError):
         IoVec([bytes(SECTOR)], writable=True)
+
+
+# -- writes issued together share one worker-thread hop ----------------------------------------
+
+
+async def test_writes_issued_together_share_one_thread_hop(image: Path) -> None:
+    n = disk.MAX_WRITE_BATCH + 3
+    async with open_image(image) as dev:
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(dev.write, i * SECTOR, bytes([i]) * SECTOR)
+        assert dev.stats_write_hops == 2 and dev.stats.writes == n  # 32 + 3
+        await dev.write(0, b"z" * SECTOR)  # alone: its own hop
+        assert dev.stats_write_hops == 3
+    data = image.read_bytes()
+    assert data[:SECTOR] == b"z" * SECTOR
+    assert all(data[i * SECTOR:(i + 1) * SECTOR] == bytes([i]) * SECTOR for i in range(1, n))
+
+
+async def test_a_failed_write_in_a_batch_fails_only_itself(
+    image: Path, image_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.pwritev
+
+    def pwritev(fd: int, bufs: Any, off: int) -> int:
+        if off == 2 * SECTOR:
+            raise OSError(errno.ENOSPC, "no space")
+        return real(fd, bufs, off)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    results: dict[int, int | None] = {}
+
+    async def write(i: int) -> None:
+        try:
+            await dev.write(i * SECTOR, b"w" * SECTOR)
+            results[i] = None
+        except BlockIOError as exc:
+            results[i] = exc.errno
+
+    async with open_image(image) as dev:
+        async with trio.open_nursery() as nursery:
+            for i in range(4):
+                nursery.start_soon(write, i)
+        assert dev.stats_write_hops == 1
+        assert dev.stats.errors_by_errno == {errno.ENOSPC: 1} and dev.stats.writes == 3
+    assert results == {0: None, 1: None, 2: errno.ENOSPC, 3: None}
+    data = image.read_bytes()
+    assert data[2 * SECTOR:3 * SECTOR] == image_bytes[2 * SECTOR:3 * SECTOR]
+    assert data[3 * SECTOR:4 * SECTOR] == b"w" * SECTOR
+
+
+async def test_a_cancelled_writer_still_waits_for_its_batch(image: Path) -> None:
+    started = threading.Event()
+    release = threading.Event()
+    real = os.pwritev
+
+    def slow(fd: int, bufs: Any, off: int) -> int:
+        started.set()
+        release.wait(5)
+        return real(fd, bufs, off)
+
+    async with open_image(image) as dev:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(os, "pwritev", slow)
+            async with trio.open_nursery() as nursery:
+                writers = trio.CancelScope()
+
+                async def writes() -> None:
+                    with writers:
+                        async with trio.open_nursery() as inner:
+                            inner.start_soon(dev.write, 0, b"a" * SECTOR)
+                            inner.start_soon(dev.write, SECTOR, b"b" * SECTOR)
+
+                nursery.start_soon(writes)
+                await trio.to_thread.run_sync(started.wait)
+                writers.cancel()  # both writers are shielded: the thread still
+                await trio.sleep(0.05)  # uses their buffers
+                assert dev._in_flight == 2
+                release.set()
+        assert dev._in_flight == 0
+    assert image.read_bytes()[: 2 * SECTOR] == b"a" * SECTOR + b"b" * SECTOR
