@@ -14,6 +14,15 @@
 Figures: MiB/s and IOPS for both, ``ratio`` = guest / native for each;
 headline ``ratio`` = sequential (write + read time). Targets: sequential >= 0.9,
 random 4 KiB >= 0.5.
+
+(c) The floor under (b), measured in the same run, to say what any trio design
+    of this path can reach: ``floor_trio_us`` is 32 tasks each awaiting its
+    4 KiB read from one server task that answers them in batches with
+    ``preadv(RWF_NOWAIT)`` + one copy (no ring, grants or event channels: the
+    least a guest program with 32 awaiting tasks costs); ``floor_ring_us`` is
+    one blkif request through a shared ring and event channels with a null
+    backend and no tasks (``bench/ring.py``'s loop). Their sum is
+    ``random_floor_us``; ``random_best_ratio`` = native time / that floor.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any
 
 import trio
 
+from bench import ring as ring_bench
 from bench._report import Report
 from dom0.backends.blkback import BlkBack
 from dom0.host import open_host
@@ -114,6 +124,55 @@ async def _guest(path: str, size: int, offsets: list[int]) -> dict[str, float]:
     return out
 
 
+async def _trio_floor(fd: int, offsets: list[int]) -> float:
+    """Seconds per request: RANDOM_DEPTH tasks awaiting reads a batch server does."""
+    queue: list[list[Any]] = []  # [offset, event, data]
+    kick = trio.Event()
+
+    async def server() -> None:
+        nonlocal kick
+        buf = bytearray(4096)
+        while True:
+            await kick.wait()
+            kick = trio.Event()
+            batch = queue[:]
+            queue.clear()
+            for req in batch:
+                try:
+                    os.preadv(fd, [buf], req[0], os.RWF_NOWAIT)
+                except BlockingIOError:
+                    os.preadv(fd, [buf], req[0])
+                req[2] = bytes(buf)
+                req[1].set()
+
+    async def client(k: int) -> None:
+        for off in offsets[k::RANDOM_DEPTH]:
+            req = [off, trio.Event(), None]
+            queue.append(req)
+            kick.set()
+            await req[1].wait()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(server)
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as clients:
+            for k in range(RANDOM_DEPTH):
+                clients.start_soon(client, k)
+        elapsed = time.perf_counter() - t0
+        n.cancel_scope.cancel()
+    return elapsed / len(offsets)
+
+
+def _floor(path: str, offsets: list[int], quick: bool) -> dict[str, float]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        trio_s = trio.run(_trio_floor, fd, offsets)
+    finally:
+        os.close(fd)
+    done, _notifies, elapsed = trio.run(ring_bench._ring_run, 0.2 if quick else 1.0)
+    return {"trio": trio_s, "ring": elapsed / done}
+
+
 def run(quick: bool = False) -> Report:
     """Measure guest vs native block I/O on the same filesystem (see the module doc)."""
     size = (16 if quick else 256) * MIB
@@ -126,7 +185,9 @@ def run(quick: bool = False) -> Report:
             f.truncate(size)
         native = _native(os.path.join(tmp, "native.img"), size, offsets)
         guest = trio.run(_guest, gpath, size, offsets)
+        floor = _floor(gpath, offsets, quick)
     mib = size / MIB
+    floor_s = floor["trio"] + floor["ring"]
 
     def mbps(t: float) -> float:
         return mib / t
@@ -140,6 +201,8 @@ def run(quick: bool = False) -> Report:
          native["read"] / guest["read"]],
         ["random read 4 KiB (IOPS)", nrand / guest["random"], nrand / native["random"],
          rnd_ratio],
+        ["  floor for that (IOPS)", 1 / floor_s, nrand / native["random"],
+         native["random"] / nrand / floor_s],
     ]
     figures: dict[str, Any] = {
         "ratio": round(seq_ratio, 3),
@@ -154,6 +217,12 @@ def run(quick: bool = False) -> Report:
         "random_iops": round(nrand / guest["random"]),
         "native_random_iops": round(nrand / native["random"]),
         "random_ratio": round(rnd_ratio, 3),
+        "random_us": round(guest["random"] / nrand * 1e6, 2),
+        "native_random_us": round(native["random"] / nrand * 1e6, 2),
+        "floor_trio_us": round(floor["trio"] * 1e6, 2),
+        "floor_ring_us": round(floor["ring"] * 1e6, 2),
+        "random_floor_us": round(floor_s * 1e6, 2),
+        "random_best_ratio": round(native["random"] / nrand / floor_s, 3),
         "target_seq_ratio": TARGET_SEQ,
         "target_random_ratio": TARGET_RANDOM,
     }
@@ -165,5 +234,9 @@ def run(quick: bool = False) -> Report:
         figures=figures,
         notes=[f"MiB/s for sequential rows, IOPS for random; {DEPTH} x 1 MiB in flight, "
                f"{RANDOM_DEPTH} x 4 KiB in flight in the guest; native is one thread.",
-               f"Targets: sequential >= {TARGET_SEQ}, random 4 KiB >= {TARGET_RANDOM}."],
+               f"Targets: sequential >= {TARGET_SEQ}, random 4 KiB >= {TARGET_RANDOM}.",
+               f"Random floor = {RANDOM_DEPTH} trio tasks awaiting a batching reader "
+               f"({floor['trio'] * 1e6:.2f} us/request) + one request through ring and "
+               f"event channels with a null backend ({floor['ring'] * 1e6:.2f} us): "
+               f"{floor_s * 1e6:.2f} us vs native {native['random'] / nrand * 1e6:.2f} us."],
     )

@@ -146,7 +146,12 @@ class BlockDevice:
         """Return when I/O may be issued; raise BlockDeviceError when it never will."""
         raise NotImplementedError
 
-    async def _read_aligned(self, offset: int, length: int) -> bytearray:
+    def _usable(self) -> bool:
+        """True when I/O may be issued right now (lets the hot path skip awaiting
+        :meth:`_check_usable`); False means "ask :meth:`_check_usable`"."""
+        return False
+
+    async def _read_aligned(self, offset: int, length: int) -> bytes | bytearray:
         """Read ``length`` bytes at ``offset`` (both sector multiples)."""
         raise NotImplementedError
 
@@ -185,13 +190,14 @@ class BlockDevice:
         Raises:
             BlockDeviceError: EINVAL (range), EIO, ENODEV.
         """
-        await self._check_usable()
+        if not self._usable():
+            await self._check_usable()
         start, end = self._range(offset, length, "read")
         if length == 0:
             return b""
         buf = await self._read_aligned(start, end - start)
         if start == offset and end - start == length:
-            return bytes(buf)
+            return buf if type(buf) is bytes else bytes(buf)  # no second copy
         return bytes(memoryview(buf)[offset - start : offset - start + length])
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -208,7 +214,8 @@ class BlockDevice:
         if mv.format != "B" or mv.ndim != 1:
             mv = mv.cast("B")
         length = mv.nbytes
-        await self._check_usable()
+        if not self._usable():
+            await self._check_usable()
         start, end = self._range(offset, length, "write")
         if self.readonly:
             raise io_error(errno.EROFS, "write to a read-only disk")

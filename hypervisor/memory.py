@@ -129,6 +129,20 @@ class MachineMemory:
         off = mfn << PAGE_SHIFT
         return self._mv[off : off + PAGE_SIZE]
 
+    def frames(self, mfn: Mfn, count: int) -> memoryview:
+        """The bytes of ``count`` consecutive machine frames from ``mfn`` (one view).
+
+        Args:
+            mfn, count: a run of frames chosen by the hypervisor.
+
+        Raises:
+            IndexError: the run leaves machine memory (a hypervisor bug).
+        """
+        if count < 1 or mfn < 0 or mfn + count > self.nr_frames:
+            raise IndexError(f"frames [{mfn:#x}, +{count}) outside machine memory")
+        off = mfn << PAGE_SHIFT
+        return self._mv[off : off + (count << PAGE_SHIFT)]
+
     # -- allocation ---------------------------------------------------------------------
 
     def free_frames(self) -> int:
@@ -356,6 +370,34 @@ class GuestMemory:
             PageFault: not populated or no longer owned.
         """
         return self._machine.frame(self.gfn_to_mfn(gfn))
+
+    def span(self, gfn: Gfn, count: int) -> memoryview | None:
+        """One writable view of own pages ``gfn .. gfn + count - 1``, if they are
+        backed by consecutive machine frames (pages populated together usually
+        are); None otherwise.
+
+        Like a kernel mapping a physically contiguous buffer once: a copy into
+        or out of the whole run is then one ``memcpy`` instead of one per page.
+        Ownership is checked now, as for :meth:`page`; the view is as
+        unrevocable as any other.
+
+        Args:
+            gfn: first guest-chosen frame number.
+            count: pages (>= 1).
+
+        Raises:
+            PageFault: a page is not populated or no longer owned.
+        """
+        if count < 1:
+            raise ValueError("a span holds at least one page")
+        first = self.gfn_to_mfn(gfn)
+        contiguous = True
+        for i in range(1, count):
+            if self.gfn_to_mfn(Gfn(gfn + i)) != first + i:
+                contiguous = False
+        if not contiguous:
+            return None
+        return self._machine.frames(first, count)
 
     def frame(self, mfn: Mfn) -> memoryview:
         """The view of an own machine frame (shared_info, grant-table frames).

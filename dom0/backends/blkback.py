@@ -24,14 +24,16 @@ The ring worker (:meth:`BlkBack._serve`) loops: push finished responses,
 consume at most :attr:`BlkBack.batch` requests (each slot copied once by
 :class:`~ring.sring.BackRing` and decoded into an immutable record), validate
 each *copy* and either answer it at once (bad request: ``BLKIF_RSP_ERROR``,
-or ``BLKIF_RSP_EOPNOTSUPP`` for an unknown or unadvertised operation) or start
-one task for it; then ``final_check_for_requests`` and sleep on a coalescing
+or ``BLKIF_RSP_EOPNOTSUPP`` for an unknown or unadvertised operation; a READ
+the device completes without waiting - page cache, RAM - through
+:meth:`~dom0.native.disk.BlockDevice.try_readv`) or start one task for it;
+then ``final_check_for_requests`` and sleep on a coalescing
 :class:`~dom0.backends.bus.Kick` set by the event channel and by finished
 tasks. Several requests are in flight at once (at most the ring size, since a
 slot is only reused after its response); responses are pushed in batches and
 the frontend is notified only when ``push_responses_and_check_notify`` says so.
 
-A request task maps its segments in one batched ``grant_map`` (read-only for
+A request maps its segments in one batched ``grant_map`` (read-only for
 WRITE, which reads guest memory; writable for READ), and if any one fails it
 unmaps every mapping it made (XSA-361/362) and answers ERROR. The data moves
 zero-copy: ``readv``/``writev`` get slices ``page[first*512:(last+1)*512]`` of
@@ -39,7 +41,18 @@ the mapped pages. Non-persistent grants are unmapped before the response is
 written. With ``feature-persistent`` on both ends, pages are mapped writable
 and kept in a per-device table keyed by gref (bounded: ring size x 11; least
 recently used idle entries are purged; when all are busy the page is mapped
-for this request only).
+for this request only). Indirect pages go through the same table, as in Linux.
+
+Segment lists are cached (:class:`_SegList`, at most :attr:`BlkBack.seglist_cache`):
+an indirect request's list by the bytes of our private copy of its indirect
+pages, a direct request's by its decoded segments. Decoding and validation
+are pure functions of those bytes, so a list seen again (blkfront reuses one
+per request id) is neither decoded nor checked again; with persistent grants
+the cached list also keeps its grants pinned and its slices in an
+:class:`~dom0.native.disk.IoVec`, so serving it again costs O(1) instead of
+O(segments). A cached list pins its grants: the purge first drops idle
+cached lists (least recently used first) when no grant is idle; a list in use
+is never dropped.
 
 Ordering: every WRITE / DISCARD registers an event when it is *dispatched*. A
 FLUSH_DISKCACHE or WRITE_BARRIER waits for the events of the writes
@@ -75,7 +88,7 @@ from typing import Any
 import trio
 
 from dom0.backends.bus import Backend, BackendDevice, Kick, register_backend
-from dom0.native.disk import BlockDevice, BlockIOError, open_image
+from dom0.native.disk import BlockDevice, BlockIOError, IoVec, open_image
 from domu.evtchn import EventDispatcher
 from domu.xenstore import XenStoreClient
 from hypervisor.errno import Errno, XenError
@@ -176,20 +189,47 @@ class BlkbackStats:
 
 @dataclass(eq=False)
 class _PGrant:
-    """One persistent grant: kept mapped (writable) across requests."""
+    """One persistent grant: kept mapped (writable) across requests.
 
+    ``users`` counts what holds it: requests mapping it right now and cached
+    segment lists (:class:`_SegList`); only a grant with none may be purged.
+    """
+
+    gref: int
     handle: int
     view: memoryview
     users: int = 0
 
 
 @dataclass(eq=False)
-class _Mapped:
-    """The pages one request uses and what to release afterwards."""
+class _SegList:
+    """One request's segments, decoded from our private copy and validated.
 
-    views: list[memoryview]
-    handles: list[int]  # non-persistent mappings: unmap when done
-    pgrants: list[_PGrant]  # persistent entries: users -= 1 when done
+    Cached (:attr:`BlkBack.seglist_cache`) by what they were decoded from: the
+    copied bytes of an indirect page, or a direct request's (already copied)
+    segment tuple. Decoding and checking are pure functions of those bytes, so
+    a frontend that sends the same list again - blkfront reuses one list per
+    request id - skips both. With persistent grants an entry also keeps its
+    mapping: the grants it pins and the :class:`~dom0.native.disk.IoVec` over
+    them, so a repeat costs O(1), not O(segments).
+    """
+
+    segments: tuple[BlkifSegment, ...]
+    error: str | None
+    nsect: int
+    cached: bool = False
+    busy: int = 0  # requests using it now (never evicted while busy)
+    pgrants: list[_PGrant] = field(default_factory=list)  # pinned while cached
+    iovec: IoVec | None = None
+
+
+@dataclass(eq=False)
+class _Mapped:
+    """The buffers one request uses and what to release afterwards."""
+
+    vec: IoVec | list[memoryview]
+    handles: list[int]  # request-only mappings: unmap when done
+    pgrants: list[_PGrant]  # persistent grants this request pinned: users -= 1 when done
 
 
 class _BadRequest(Exception):
@@ -224,6 +264,7 @@ class BlkBack(Backend):
         batch: requests consumed per pass (bounds work per event).
         drain_timeout: seconds disconnect waits for in-flight I/O before
             cancelling it.
+        seglist_cache: decoded segment lists kept (see :class:`_SegList`).
 
     Attributes:
         stats: :class:`BlkbackStats`.
@@ -237,6 +278,7 @@ class BlkBack(Backend):
     max_indirect_segments = 256
     batch = 32
     drain_timeout = 5.0
+    seglist_cache = 128
 
     def __init__(self, dev: BackendDevice, xs: XenStoreClient, hc: HypercallInterface,
                  events: EventDispatcher) -> None:
@@ -254,7 +296,9 @@ class BlkBack(Backend):
         self._connected = False
         self._draining = False
         self._completed: list[BlkifResponse] = []
-        self._pgrants: OrderedDict[int, _PGrant] = OrderedDict()
+        self._pgrants: dict[int, _PGrant] = {}
+        self._idle_pgrants: OrderedDict[int, _PGrant] = OrderedDict()  # users == 0, LRU first
+        self._seglists: OrderedDict[bytes | tuple[BlkifSegment, ...], _SegList] = OrderedDict()
         self._max_pgrants = 0
         self._req_handles: set[int] = set()
         self._writes: set[trio.Event] = set()
@@ -422,8 +466,12 @@ class BlkBack(Backend):
 
     def release_resources(self) -> None:
         """Unmap persistent grants and any request mapping left, then the ring and port."""
+        for sl in self._seglists.values():
+            sl.cached, sl.pgrants, sl.iovec = False, [], None
+        self._seglists.clear()
+        self._idle_pgrants.clear()
         while self._pgrants:
-            _gref, pg = self._pgrants.popitem(last=False)
+            _gref, pg = self._pgrants.popitem()
             self.hc.grant_unmap_one(pg.handle)
         self.stats.persistent_grants = 0
         for handle in list(self._req_handles):
@@ -496,10 +544,11 @@ class BlkBack(Backend):
         dev = self.device
         assert dev is not None
         st = self.stats
-        name = "unknown" if isinstance(req, BlkifUnknownRequest) \
+        kind = type(req)  # the codec builds exactly these four record types
+        name = "unknown" if kind is BlkifUnknownRequest \
             else _OP_NAMES.get(req.operation, "unknown")
         st.requests[name] = st.requests.get(name, 0) + 1
-        if isinstance(req, BlkifUnknownRequest):
+        if kind is BlkifUnknownRequest:
             st.eopnotsupp += 1
             self._respond(req, BLKIF_RSP_EOPNOTSUPP)
             return
@@ -507,7 +556,7 @@ class BlkBack(Backend):
             self._refuse(req, req.error)
             return
         sectors = dev.size // SECTOR_SIZE
-        if isinstance(req, BlkifDiscardRequest):
+        if kind is BlkifDiscardRequest:
             if not self.discard_enabled or req.flag & BLKIF_DISCARD_SECURE:
                 st.eopnotsupp += 1  # not advertised (discard-secure is 0)
                 self._respond(req, BLKIF_RSP_EOPNOTSUPP)
@@ -519,26 +568,32 @@ class BlkBack(Backend):
             else:
                 io.start_soon(self._do_discard, req, self._track_write(), self._barrier)
             return
-        if isinstance(req, BlkifIndirectRequest):
+        if kind is BlkifIndirectRequest:
             op = req.indirect_op
             try:
-                segments = self._indirect_segments(req)
+                sl = self._indirect_seglist(req)
             except _BadRequest as exc:
                 self._refuse(req, str(exc))
                 return
+            if sl.error is not None:
+                self._refuse(req, sl.error)
+                return
         else:
             op = req.operation
-            segments = req.segments
-        nsect = sum(s.last_sect - s.first_sect + 1 for s in segments)
-        if req.sector_number + nsect > sectors:
-            self._refuse(req, f"I/O [{req.sector_number}, +{nsect}) beyond {sectors} sectors")
+            sl = self._direct_seglist(req.segments)
+        if req.sector_number + sl.nsect > sectors:
+            self._refuse(req, f"I/O [{req.sector_number}, +{sl.nsect}) "
+                              f"beyond {sectors} sectors")
             return
-        if op != BLKIF_OP_READ and segments and self.readonly:
+        if op != BLKIF_OP_READ and sl.segments and self.readonly:
             self._refuse(req, "write to a read-only device")
             return
-        if op in (BLKIF_OP_READ, BLKIF_OP_WRITE):
-            write = self._track_write() if op == BLKIF_OP_WRITE else None
-            io.start_soon(self._do_rw, req, op, segments, write, self._barrier)
+        sl.busy += 1  # released by whoever serves it: never evicted meanwhile
+        if op == BLKIF_OP_READ:
+            self._read_now_or_start(io, req, sl)
+            return
+        if op == BLKIF_OP_WRITE:
+            io.start_soon(self._do_rw, req, op, sl, self._track_write(), self._barrier)
             return
         # FLUSH_DISKCACHE / WRITE_BARRIER (both advertised: never EOPNOTSUPP)
         earlier = list(self._writes)
@@ -547,29 +602,72 @@ class BlkBack(Backend):
             self._barrier = done
         else:
             done = None
-        write = self._track_write() if segments else None
-        io.start_soon(self._do_flush, req, segments, earlier, write, done)
+        write = self._track_write() if sl.segments else None
+        io.start_soon(self._do_flush, req, sl, earlier, write, done)
 
-    def _indirect_segments(self, req: BlkifIndirectRequest) -> tuple[BlkifSegment, ...]:
-        """Map the indirect pages read-only, copy the segments once, unmap.
+    # -- segment lists ----------------------------------------------------------------------
+
+    def _indirect_seglist(self, req: BlkifIndirectRequest) -> _SegList:
+        """Map the indirect pages, copy the used part once, unmap; decode the copy.
 
         Raises:
-            _BadRequest: too many segments, a page that does not map, bad segments.
+            _BadRequest: too many segments or a page that does not map.
         """
-        if req.nr_segments > self.max_indirect_segments:
-            raise _BadRequest(f"indirect nr_segments {req.nr_segments} > "
-                              f"{self.max_indirect_segments}")
-        needed = -(-req.nr_segments // BLKIF_SEGS_PER_INDIRECT_FRAME)
+        nr = req.nr_segments
+        if nr > self.max_indirect_segments:
+            raise _BadRequest(f"indirect nr_segments {nr} > {self.max_indirect_segments}")
+        needed = -(-nr // BLKIF_SEGS_PER_INDIRECT_FRAME)
         grefs = req.indirect_grefs[:needed]
-        mapped = self._map(grefs, readonly=True)
+        mapped = self._map_persistent(grefs) if self.persistent \
+            else self._map(grefs, readonly=True)
         try:
-            segs, err = decode_indirect_segments(mapped.views, req.nr_segments,
-                                                 self.max_indirect_segments)
+            raw: list[bytes] = []  # our private copy: the only read of these pages
+            left = nr
+            for view in mapped.vec:  # type: ignore[union-attr]
+                count = min(left, BLKIF_SEGS_PER_INDIRECT_FRAME)
+                raw.append(bytes(view[: count * 8]))
+                left -= count
         finally:
             self._release(mapped)
-        if err is not None:
-            raise _BadRequest(err)
-        return segs
+        key = raw[0] if len(raw) == 1 else b"".join(raw)
+        sl = self._seglists.get(key)
+        if sl is not None:
+            self._seglists.move_to_end(key)
+            return sl
+        segs, err = decode_indirect_segments(raw, nr, self.max_indirect_segments)
+        return self._remember(key, segs, err)
+
+    def _direct_seglist(self, segments: tuple[BlkifSegment, ...]) -> _SegList:
+        """The :class:`_SegList` of a direct request (validated by the codec)."""
+        if not self.persistent:  # nothing worth keeping: the grants change every time
+            return _SegList(segments, None, sum(s[2] - s[1] + 1 for s in segments))
+        sl = self._seglists.get(segments)
+        if sl is not None:
+            self._seglists.move_to_end(segments)
+            return sl
+        return self._remember(segments, segments, None)
+
+    def _remember(self, key: bytes | tuple[BlkifSegment, ...],
+                  segments: tuple[BlkifSegment, ...], error: str | None) -> _SegList:
+        nsect = 0 if error is not None else sum(s[2] - s[1] + 1 for s in segments)
+        sl = _SegList(segments, error, nsect, cached=True)
+        cache = self._seglists
+        if len(cache) >= self.seglist_cache:
+            self._evict_seglist()
+        cache[key] = sl
+        return sl
+
+    def _evict_seglist(self) -> bool:
+        """Drop the least recently used idle cached list (unpinning its grants)."""
+        for key, sl in self._seglists.items():
+            if not sl.busy:
+                del self._seglists[key]
+                sl.cached = False
+                pgrants, sl.pgrants, sl.iovec = sl.pgrants, [], None
+                for pg in pgrants:
+                    self._unpin(pg)
+                return True
+        return False
 
     def _track_write(self) -> trio.Event:
         ev = trio.Event()
@@ -585,6 +683,9 @@ class BlkBack(Backend):
 
     def _map(self, grefs: Sequence[int], readonly: bool) -> _Mapped:
         """Map one request's pages in one batch; all or nothing.
+
+        Returns:
+            The page views (``vec``, in ``grefs`` order) and their handles.
 
         Raises:
             _BadRequest: a grant did not map; every mapping made was undone.
@@ -604,39 +705,49 @@ class BlkBack(Backend):
         self._req_handles.update(handles)
         return _Mapped([r.view for r in results], handles, [])  # type: ignore[misc]
 
+    def _pin(self, pg: _PGrant) -> None:
+        if not pg.users:
+            del self._idle_pgrants[pg.gref]
+        pg.users += 1
+
+    def _unpin(self, pg: _PGrant) -> None:
+        pg.users -= 1
+        if not pg.users:
+            self._idle_pgrants[pg.gref] = pg  # most recently used last
+
     def _map_persistent(self, grefs: Sequence[int]) -> _Mapped:
         """Persistent-grant variant of :meth:`_map` (writable, kept mapped).
 
-        Entries this request uses are pinned (``users``) before anything is
-        purged, so the LRU purge never takes a page from under a request.
+        Entries this request uses are pinned before anything is purged, so the
+        LRU purge never takes a page from under a request.
 
         Raises:
             _BadRequest: a new grant did not map; nothing changed.
         """
         table = self._pgrants
-        distinct = list(dict.fromkeys(grefs))
         used: list[_PGrant] = []
         views: dict[int, memoryview] = {}
-        for g in distinct:
+        new: list[int] = []
+        for g in dict.fromkeys(grefs):
             pg = table.get(g)
-            if pg is not None:
-                pg.users += 1
-                table.move_to_end(g)
-                used.append(pg)
-                views[g] = pg.view
-        new = [g for g in distinct if g not in views]
+            if pg is None:
+                new.append(g)
+                continue
+            self._pin(pg)
+            used.append(pg)
+            views[g] = pg.view
         temp: list[int] = []
         if new:
             try:
                 m = self._map(new, readonly=False)
             except _BadRequest:
                 for pg in used:
-                    pg.users -= 1
+                    self._unpin(pg)
                 raise
-            for g, handle, view in zip(new, m.handles, m.views):
-                views[g] = view
+            for g, handle, view in zip(new, m.handles, m.vec):
+                views[g] = view  # type: ignore[assignment]
                 if len(table) < self._max_pgrants or self._purge_one():
-                    pg = table[g] = _PGrant(handle, view, users=1)
+                    pg = table[g] = _PGrant(g, handle, view, users=1)  # type: ignore[arg-type]
                     used.append(pg)
                     self._req_handles.discard(handle)
                 else:  # every entry busy: map for this request only
@@ -645,26 +756,52 @@ class BlkBack(Backend):
         return _Mapped([views[g] for g in grefs], temp, used)
 
     def _purge_one(self) -> bool:
-        """Unmap the least recently used idle persistent grant; False if all are busy."""
-        for gref, pg in self._pgrants.items():
-            if pg.users == 0:
-                del self._pgrants[gref]
-                self.hc.grant_unmap_one(pg.handle)
-                self.stats.persistent_purged += 1
-                self.stats.persistent_grants = len(self._pgrants)
-                return True
-        return False
+        """Unmap the least recently used idle persistent grant (dropping idle cached
+        segment lists to free one if needed); False if every grant is busy."""
+        while not self._idle_pgrants:
+            if not self._evict_seglist():
+                return False
+        gref, pg = self._idle_pgrants.popitem(last=False)
+        del self._pgrants[gref]
+        self.hc.grant_unmap_one(pg.handle)
+        self.stats.persistent_purged += 1
+        self.stats.persistent_grants = len(self._pgrants)
+        return True
 
     def _release(self, mapped: _Mapped) -> None:
-        """Unmap a request's non-persistent mappings; drop its persistent uses."""
+        """Unmap a request's own mappings; drop its persistent pins."""
         if mapped.handles:
             self.hc.grant_unmap([UnmapGrantRef(h) for h in mapped.handles])
             self._req_handles.difference_update(mapped.handles)
             mapped.handles.clear()
         for pg in mapped.pgrants:
-            pg.users -= 1
+            self._unpin(pg)
         mapped.pgrants.clear()
-        mapped.views.clear()
+        mapped.vec = []
+
+    def _map_request(self, sl: _SegList, into_guest: bool) -> _Mapped:
+        """Map a request's pages and slice its buffers (O(1) for a cached list).
+
+        Raises:
+            _BadRequest: a grant did not map (nothing left mapped).
+        """
+        if sl.iovec is not None:
+            return _Mapped(sl.iovec, [], [])
+        segs = sl.segments
+        grefs = [s[0] for s in segs]
+        if self.persistent:
+            mapped = self._map_persistent(grefs)
+        else:
+            mapped = self._map(grefs, readonly=not into_guest)
+        bufs = [v[s[1] * SECTOR_SIZE:(s[2] + 1) * SECTOR_SIZE]
+                for v, s in zip(mapped.vec, segs)]
+        if sl.cached and self.persistent and not mapped.handles:
+            # every page is in the table: the cached list keeps them pinned
+            sl.pgrants, mapped.pgrants = mapped.pgrants, []
+            sl.iovec = mapped.vec = IoVec(bufs, writable=True)
+        else:
+            mapped.vec = bufs
+        return mapped
 
     # -- request tasks ----------------------------------------------------------------------
 
@@ -683,15 +820,48 @@ class BlkBack(Backend):
             if not self._busy:
                 self._idle.set()
 
-    def _map_segments(self, segments: Sequence[BlkifSegment], into_guest: bool) -> _Mapped:
-        grefs = [s.gref for s in segments]
-        if self.persistent:
-            return self._map_persistent(grefs)
-        return self._map(grefs, readonly=not into_guest)
+    def _read_now_or_start(self, io: trio.Nursery, req: BlkifRequest | BlkifIndirectRequest,
+                           sl: _SegList) -> None:
+        """Serve a READ at once when the device can without waiting (page cache,
+        RAM), else start its task with the pages already mapped."""
+        dev = self.device
+        assert dev is not None
+        vec = sl.iovec  # a cached list: its pages are mapped already, nothing to release
+        if vec is not None:
+            mapped = None
+        else:
+            try:
+                mapped = self._map_request(sl, into_guest=True)
+            except _BadRequest as exc:
+                sl.busy -= 1
+                self._refuse(req, str(exc))
+                return
+            vec = mapped.vec
+        try:
+            done = dev.try_readv(req.sector_number * SECTOR_SIZE, vec)
+        except BaseException as exc:
+            if mapped is not None:
+                self._release(mapped)
+            sl.busy -= 1
+            if not isinstance(exc, BlockIOError):
+                raise
+            self._io_error(req, exc)
+            return
+        if not done:
+            io.start_soon(self._do_rw, req, BLKIF_OP_READ, sl, None, None,
+                          mapped if mapped is not None else _Mapped(vec, [], []))
+            return
+        if mapped is not None:
+            self._release(mapped)  # before the response: XSA-361/362, blkif 3.5
+        sl.busy -= 1
+        st = self.stats
+        st.max_in_flight = max(st.max_in_flight, self._busy + 1)
+        st.bytes_read += sl.nsect * SECTOR_SIZE
+        self._respond(req, BLKIF_RSP_OKAY)
 
-    async def _transfer(self, op: int, sector: int, segments: Sequence[BlkifSegment],
-                        ) -> int:
-        """Map, move the data zero-copy, unmap. Returns the bytes moved.
+    async def _transfer(self, op: int, sector: int, sl: _SegList,
+                        mapped: _Mapped | None = None) -> int:
+        """Map (unless ``mapped``), move the data zero-copy, unmap. Returns the bytes moved.
 
         Raises:
             _BadRequest: a grant did not map (nothing left mapped).
@@ -699,29 +869,27 @@ class BlkBack(Backend):
         """
         dev = self.device
         assert dev is not None
-        mapped = self._map_segments(segments, into_guest=op == BLKIF_OP_READ)
+        if mapped is None:
+            mapped = self._map_request(sl, into_guest=op == BLKIF_OP_READ)
         try:
-            bufs = [v[s.first_sect * SECTOR_SIZE:(s.last_sect + 1) * SECTOR_SIZE]
-                    for v, s in zip(mapped.views, segments)]
-            nbytes = sum(b.nbytes for b in bufs)
             if op == BLKIF_OP_READ:
-                await dev.readv(sector * SECTOR_SIZE, bufs)
+                await dev.readv(sector * SECTOR_SIZE, mapped.vec)
             else:
-                await dev.writev(sector * SECTOR_SIZE, bufs)
-            bufs.clear()
-            return nbytes
+                await dev.writev(sector * SECTOR_SIZE, mapped.vec)
+            return sl.nsect * SECTOR_SIZE
         finally:
             self._release(mapped)  # before the response: XSA-361/362, blkif 3.5
 
     async def _do_rw(self, req: BlkifRequest | BlkifIndirectRequest, op: int,
-                     segments: Sequence[BlkifSegment], write: trio.Event | None,
-                     barrier: trio.Event | None) -> None:
+                     sl: _SegList, write: trio.Event | None,
+                     barrier: trio.Event | None, mapped: _Mapped | None = None) -> None:
         try:
             with self._io():
                 if write is not None and barrier is not None:
                     await barrier.wait()  # writes after a barrier wait for it
                 try:
-                    nbytes = await self._transfer(op, req.sector_number, segments)
+                    nbytes = await self._transfer(op, req.sector_number, sl, mapped)
+                    mapped = None
                 except _BadRequest as exc:
                     self._refuse(req, str(exc))
                     return
@@ -729,6 +897,9 @@ class BlkBack(Backend):
                     self._io_error(req, exc)
                     return
         finally:
+            if mapped is not None:  # cancelled before the transfer took it over
+                self._release(mapped)
+            sl.busy -= 1
             self._write_done(write)
         if op == BLKIF_OP_READ:
             self.stats.bytes_read += nbytes
@@ -736,7 +907,7 @@ class BlkBack(Backend):
             self.stats.bytes_written += nbytes
         self._respond(req, BLKIF_RSP_OKAY)
 
-    async def _do_flush(self, req: BlkifRequest, segments: Sequence[BlkifSegment],
+    async def _do_flush(self, req: BlkifRequest | BlkifIndirectRequest, sl: _SegList,
                         earlier: list[trio.Event], write: trio.Event | None,
                         barrier: trio.Event | None) -> None:
         dev = self.device
@@ -747,9 +918,8 @@ class BlkBack(Backend):
                     await ev.wait()
                 try:
                     await dev.flush()
-                    if segments:  # data with the flush: write it, then make it durable
-                        nbytes = await self._transfer(BLKIF_OP_WRITE, req.sector_number,
-                                                      segments)
+                    if sl.segments:  # data with the flush: write it, then make it durable
+                        nbytes = await self._transfer(BLKIF_OP_WRITE, req.sector_number, sl)
                         self.stats.bytes_written += nbytes
                         await dev.flush()
                 except _BadRequest as exc:
@@ -759,6 +929,7 @@ class BlkBack(Backend):
                     self._io_error(req, exc)
                     return
         finally:
+            sl.busy -= 1
             self._write_done(write)
             if barrier is not None:
                 barrier.set()

@@ -24,8 +24,20 @@ so the guest memory a disk may use is bounded: ``usable ids x pages per
 request`` (see :data:`MAX_BUFFER_PAGES`). Callers beyond the pool wait in
 FIFO order.
 
-**Grants.** A request copies the caller's bytes into its pages (writes) or
-out of them on completion (reads); the backend sees only the pages.
+**Copies.** A request copies the caller's bytes into its pages (writes) or
+out of them (reads); the backend sees only the pages. Each is one copy: an
+id's data pages are allocated together, so they are usually machine-contiguous
+and :meth:`~hypervisor.memory.GuestMemory.span` gives one view over them (a
+single ``memcpy``; page by page otherwise). A read is copied by the *caller*
+once it wakes up, straight into the ``bytes`` it returns; until then the
+answered id stays reserved (its pages cannot be reused) and is given back right
+after the copy. A caller that leaves before the answer (cancelled) frees its id
+when the answer comes; a device that disconnects copies held reads first, since
+its pages are freed. (Copying in the completion path instead would allocate
+every in-flight read's result at once, and glibc then trims and re-faults
+those megabytes on every round.)
+
+**Grants.**
 
 * persistent (both ends wrote ``feature-persistent = 1``): each page is granted
   read-write once, the first time it is used, and stays granted until the
@@ -72,8 +84,9 @@ import contextlib
 import errno
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -114,8 +127,9 @@ __all__ = ["MAX_BUFFER_PAGES", "BlkFront", "BlkfrontBroken", "BlkfrontDisk"]
 _log = logging.getLogger("xensim.domu.blkfront")
 
 MAX_BUFFER_PAGES = 8192
-"""At most this many data/indirect pages (32 MiB) per disk, and at most half the
-guest's free pages at connect time; the usable ids shrink to fit."""
+"""At most this many data pages (32 MiB) per disk - plus each id's indirect
+pages - and at most half the guest's free pages at connect time; the usable ids
+shrink to fit (32 ids of 1 MiB requests)."""
 MAX_SECTORS_DIGITS = 20
 
 
@@ -144,6 +158,36 @@ class _Page:
     ref: GrantRef | None = None  # the persistent grant, once granted
 
 
+class _Done:
+    """A one-shot completion awaited by at most one task (the request's caller).
+
+    What ``trio.Event`` does for this case, minus the task set and a frame:
+    the caller parks itself with :func:`trio.lowlevel.wait_task_rescheduled`
+    (see :meth:`BlkFront._wait_all`) and :meth:`set` reschedules it.
+    """
+
+    __slots__ = ("flag", "task")
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.task: trio.lowlevel.Task | None = None
+
+    def is_set(self) -> bool:
+        return self.flag
+
+    def set(self) -> None:
+        if self.flag:
+            return
+        self.flag = True
+        task, self.task = self.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        self.task = None  # cancelled while parked: nothing to wake any more
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
 @dataclass(slots=True, eq=False)
 class _Shadow:
     """One request in flight (``struct blk_shadow``)."""
@@ -153,9 +197,38 @@ class _Shadow:
     nr_segments: int
     refs: list[tuple[GrantRef, _Page]]  # per-request grants (non-persistent)
     pages: list[_Page]  # data pages, in segment order
-    target: memoryview | None = None  # read destination
-    done: trio.Event = field(default_factory=trio.Event)
+    nread: int = 0  # a read: bytes the caller copies out of the pages
+    span: memoryview | None = None  # the request's bytes as one view, if contiguous
+    done: _Done = field(default_factory=_Done)
     error: BlockDeviceError | None = None
+    held: bool = False  # answered OKAY; the caller still has to copy, then free the id
+    abandoned: bool = False  # the caller left: free the id as soon as it is answered
+    data: bytes | None = None  # copied early (the device went away while held)
+
+
+def _fill(span: memoryview | None, pages: Sequence[_Page], chunk: memoryview) -> None:
+    """Copy a write's bytes into its pages (one memcpy when they are contiguous)."""
+    if span is not None:
+        span[:] = chunk
+        return
+    lo, nbytes = 0, chunk.nbytes
+    for page in pages:
+        hi = min(lo + PAGE_SIZE, nbytes)
+        page.view[: hi - lo] = chunk[lo:hi]
+        lo = hi
+
+
+def _read_parts(sh: _Shadow) -> list[memoryview | bytes]:
+    """Where a completed read's bytes are, in order (to be copied once)."""
+    if sh.data is not None:
+        return [sh.data]
+    if sh.span is not None:
+        return [sh.span]
+    views: list[memoryview | bytes] = [page.view for page in sh.pages]
+    tail = sh.nread - (len(views) - 1) * PAGE_SIZE
+    if tail < PAGE_SIZE:
+        views[-1] = sh.pages[-1].view[:tail]
+    return views
 
 
 class _IdPool:
@@ -237,11 +310,20 @@ class BlkfrontDisk(BlockDevice):
     async def _check_usable(self) -> None:
         await self.front.check_usable()
 
-    async def _read_aligned(self, offset: int, length: int) -> bytearray:
-        return await self.front.read_aligned(offset, length)
+    def _usable(self) -> bool:
+        front = self.front
+        return front.broken is None and not front.gone and front._ids is not None \
+            and front._connected.is_set()
 
-    async def _write_aligned(self, offset: int, data: memoryview) -> None:
-        await self.front.write_aligned(offset, data)
+    # These two hand back blkfront's coroutine instead of awaiting it: every
+    # frame in an await chain is resumed on each wake-up (the hot path).
+    def _read_aligned(self, offset: int, length: int,  # type: ignore[override]
+                      ) -> Coroutine[Any, Any, bytes]:
+        return self.front._rw(BLKIF_OP_READ, offset, None, length)
+
+    def _write_aligned(self, offset: int, data: memoryview,  # type: ignore[override]
+                       ) -> Coroutine[Any, Any, bytes]:
+        return self.front._rw(BLKIF_OP_WRITE, offset, data, data.nbytes)
 
     async def _flush_cache(self) -> None:
         await self.front.flush_cache()
@@ -307,11 +389,17 @@ class BlkFront(Frontend):
         self._ids: _IdPool | None = None
         self._shadow: list[_Shadow | None] = []
         self._data_pages: list[list[_Page]] = []
-        # persistent mode: per id, the last (nbytes, pages, request template) built;
-        # same-sized requests reuse segments and indirect pages as they are
-        self._shapes: list[tuple[int, list[_Page], tuple[object, ...]] | None] = []
+        # per id: one view over all its data pages while they are machine-contiguous
+        self._spans: list[memoryview | None] = []
+        # persistent mode: per id, the last (nbytes, pages, span, request template)
+        # built; same-sized requests reuse segments and indirect pages as they are
+        self._shapes: list[tuple[int, list[_Page], memoryview | None,
+                                 tuple[object, ...]] | None] = []
         self._ind_pages: list[list[_Page]] = []
         self._page_budget = 0
+        # answered reads whose caller has not copied the bytes out yet (their ids,
+        # and so their pages, stay reserved until it has)
+        self._held: set[_Shadow] = set()
         self._handle = self.dev.devid & 0xFFFF
 
     # -- handshake ---------------------------------------------------------------------
@@ -361,13 +449,15 @@ class BlkFront(Frontend):
         self.size = sectors * SECTOR_SIZE
         self.readonly = bool(self.info & VDISK_READONLY)
         await self._gather_features()
-        per = self.segs_per_request + self._indirect_pages_for(self.segs_per_request)
-        budget = min(MAX_BUFFER_PAGES, max(per, self.pages.free_count // 2))
-        usable = max(1, min(self.ring.size, budget // per))
-        self._page_budget = budget
+        segs = self.segs_per_request
+        per = segs + self._indirect_pages_for(segs)
+        usable = max(1, min(self.ring.size, MAX_BUFFER_PAGES // segs,
+                            self.pages.free_count // 2 // per))
+        self._page_budget = usable * per
         self._ids = _IdPool(usable)
         self._shadow = [None] * self.ring.size
         self._data_pages = [[] for _ in range(usable)]
+        self._spans = [None] * usable
         self._ind_pages = [[] for _ in range(usable)]
         self._shapes = [None] * usable
         self.start_worker(self._ring_worker)
@@ -401,6 +491,10 @@ class BlkFront(Frontend):
             with contextlib.suppress(PeerProtocolError):
                 self._drain()
         self.gone = True
+        for sh in self._held:  # answered before the end: copy now, the pages go below
+            sh.data = b"".join(_read_parts(sh))
+            sh.held = False
+        self._held.clear()
         self._fail_all(errno.ENODEV, "device disconnected")
         self._connected.set()  # wake anyone waiting for a connection: it is gone
         # per-request grants still live and deferred ones: the base class ends
@@ -411,7 +505,7 @@ class BlkFront(Frontend):
         self._refs.extend((ref, None) for ref, _ in self.deferred)
         self.deferred = []
         self._shadow = []
-        self._data_pages, self._ind_pages, self._shapes = [], [], []
+        self._data_pages, self._ind_pages, self._shapes, self._spans = [], [], [], []
         self.ring = None
         self.port = self._waiter = None
         await super().disconnect()
@@ -432,31 +526,88 @@ class BlkFront(Frontend):
         """Bytes one ring request carries (segments x 4 KiB)."""
         return self.segs_per_request * PAGE_SIZE
 
-    async def read_aligned(self, offset: int, length: int) -> bytearray:
-        """Read whole sectors."""
-        out = bytearray(length)
-        await self._rw(BLKIF_OP_READ, offset, memoryview(out), length)
-        return out
+    async def read_aligned(self, offset: int, length: int) -> bytes:
+        """Read whole sectors (copied once out of the granted pages)."""
+        return await self._rw(BLKIF_OP_READ, offset, None, length)
 
     async def write_aligned(self, offset: int, data: memoryview) -> None:
         """Write whole sectors."""
         await self._rw(BLKIF_OP_WRITE, offset, data, data.nbytes)
 
-    async def _rw(self, op: int, offset: int, buf: memoryview, length: int) -> None:
-        """Split into requests of <= :attr:`max_request_bytes`, pipeline, wait for all."""
+    def _rw(self, op: int, offset: int, buf: memoryview | None, length: int,
+            ) -> Coroutine[Any, Any, bytes]:
+        """Split into requests of <= :attr:`max_request_bytes`, pipeline, wait for all.
+
+        Returns:
+            The coroutine to await: it returns a read's bytes (``b""`` for a write).
+        """
+        if length <= self.max_request_bytes:
+            return self._rw_one(op, offset, buf, length)
+        return self._rw_many(op, offset, buf, length)
+
+    async def _rw_many(self, op: int, offset: int, buf: memoryview | None, length: int,
+                       ) -> bytes:
         step = self.max_request_bytes
         pending: list[_Shadow] = []
         try:
-            pos = 0
-            while pos < length:
-                n = min(step, length - pos)
-                rid = await self._get_id()
-                pending.append(self._queue_rw(rid, op, (offset + pos) // SECTOR_SIZE,
-                                              buf[pos : pos + n]))
-                pos += n
+            try:
+                pos = 0
+                while pos < length:
+                    n = min(step, length - pos)
+                    rid = await self._get_id()
+                    pending.append(self._queue_rw(rid, op, (offset + pos) // SECTOR_SIZE, n,
+                                                  None if buf is None else buf[pos : pos + n]))
+                    pos += n
+            finally:
+                self._push()
+            await self._wait_all(pending)
+            if op != BLKIF_OP_READ:
+                return b""
+            if len(pending) == 1:
+                return b"".join(_read_parts(pending[0]))
+            return b"".join([part for sh in pending for part in _read_parts(sh)])
+        finally:
+            if op == BLKIF_OP_READ:
+                self._release_reads(pending)
+
+    async def _rw_one(self, op: int, offset: int, buf: memoryview | None, length: int,
+                      ) -> bytes:
+        """:meth:`_rw` for one request (the common case, kept short)."""
+        ids = self._ids
+        if ids is not None and ids._free and not ids._waiters and ids.error is None:
+            rid = ids._free.pop()
+        else:
+            rid = await self._get_id()
+        try:
+            sh = self._queue_rw(rid, op, offset // SECTOR_SIZE, length, buf)
         finally:
             self._push()
-        await self._wait_all(pending)
+        done = sh.done  # _wait_all((sh,)), inlined: one frame less per wake-up
+        try:
+            if not done.flag:
+                done.task = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(done.abort)
+            if sh.error is not None:
+                raise BlockDeviceError(sh.error.errno, sh.error.strerror)
+            if op != BLKIF_OP_READ:
+                return b""
+            parts = _read_parts(sh)
+            return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        finally:
+            if op == BLKIF_OP_READ:
+                self._release_reads((sh,))
+
+    def _release_reads(self, pending: Sequence[_Shadow]) -> None:
+        """The caller is done with its reads: free the ids of the answered ones;
+        the ones still in flight free theirs when answered."""
+        for sh in pending:
+            if sh.held:
+                sh.held = False
+                self._held.discard(sh)
+                assert self._ids is not None
+                self._ids.put(sh.id)
+            elif not sh.done.is_set():
+                sh.abandoned = True
 
     async def flush_cache(self) -> None:
         """FLUSH_DISKCACHE, else WRITE_BARRIER, else nothing (write-through)."""
@@ -512,6 +663,22 @@ class BlkFront(Frontend):
             pool.append(_Page(gfn, view))
         return pool[i]
 
+    def _data_span(self, rid: int, npages: int, nbytes: int) -> memoryview | None:
+        """The first ``nbytes`` of id ``rid``'s data pages as one view, or None
+        when those pages are not machine-contiguous."""
+        pool = self._data_pages[rid]
+        if npages == 1:
+            return pool[0].view[:nbytes]
+        span = self._spans[rid]
+        if span is None or span.nbytes < nbytes:
+            first = pool[0].gfn
+            if any(page.gfn != first + i for i, page in enumerate(pool)):
+                return None
+            span = self._spans[rid] = self.hc.memory.span(first, len(pool))
+            if span is None:
+                return None
+        return span[:nbytes]
+
     def _grant(self, page: _Page, readonly: bool) -> tuple[int, GrantRef | None]:
         """The ref to put in a segment, and the per-request ref to end later (or None)."""
         if self.persistent:
@@ -521,35 +688,30 @@ class BlkFront(Frontend):
         ref = self.grants.grant_access(self.dev.backend_id, page.gfn, readonly)
         return ref, ref
 
-    def _queue_rw(self, rid: int, op: int, sector: int, chunk: memoryview) -> _Shadow:
-        nbytes = chunk.nbytes
+    def _queue_rw(self, rid: int, op: int, sector: int, nbytes: int,
+                  chunk: memoryview | None) -> _Shadow:
+        """Queue one READ (``chunk`` None) or WRITE of ``nbytes`` on id ``rid``."""
         shape = self._shapes[rid] if self.persistent else None
         if shape is not None and shape[0] == nbytes:
             # fast path: same size as this id's last request; the pages, their
             # persistent grants, the segments and the indirect pages are unchanged
-            pages = shape[1]
-            if op == BLKIF_OP_WRITE:
-                lo = 0
-                for page in pages:
-                    hi = min(lo + PAGE_SIZE, nbytes)
-                    page.view[: hi - lo] = chunk[lo:hi]
-                    lo = hi
-            t = shape[2]
+            pages, span, t = shape[1], shape[2], shape[3]
+            if chunk is not None:
+                _fill(span, pages, chunk)
             if t[0] == BLKIF_OP_INDIRECT:  # persistent grants are RW: any op fits
                 req: object = BlkifIndirectRequest(t[0], op, t[2], rid, sector, t[3], t[4])
             else:
                 req = BlkifRequest(op, t[1], rid, sector, t[2])
             return self._queue(rid, req, op, len(pages), [], pages,
-                               None if op == BLKIF_OP_WRITE else chunk)
-        sh, template = self._queue_rw_slow(rid, op, sector, chunk)
+                               0 if chunk is not None else nbytes, span)
+        sh, template = self._queue_rw_slow(rid, op, sector, nbytes, chunk)
         if self.persistent:
-            self._shapes[rid] = (nbytes, sh.pages, template)
+            self._shapes[rid] = (nbytes, sh.pages, sh.span, template)
         return sh
 
-    def _queue_rw_slow(self, rid: int, op: int, sector: int, chunk: memoryview,
-                       ) -> tuple[_Shadow, tuple[object, ...]]:
+    def _queue_rw_slow(self, rid: int, op: int, sector: int, nbytes: int,
+                       chunk: memoryview | None) -> tuple[_Shadow, tuple[object, ...]]:
         """Build a request from scratch: pages, grants, segments, indirect pages."""
-        nbytes = chunk.nbytes
         npages = -(-nbytes // PAGE_SIZE)
         data_pool = self._data_pages[rid]
         writing = op == BLKIF_OP_WRITE
@@ -558,15 +720,15 @@ class BlkFront(Frontend):
         segs: list[BlkifSegment] = []
         try:
             for i in range(npages):
-                page = self._page(data_pool, i)
-                lo = i * PAGE_SIZE
-                n = min(PAGE_SIZE, nbytes - lo)
-                if writing:
-                    page.view[:n] = chunk[lo : lo + n]
+                pages.append(self._page(data_pool, i))
+            span = self._data_span(rid, npages, nbytes)
+            if chunk is not None:
+                _fill(span, pages, chunk)
+            for i, page in enumerate(pages):
+                n = min(PAGE_SIZE, nbytes - i * PAGE_SIZE)
                 gref, own = self._grant(page, readonly=writing)
                 if own is not None:
                     refs.append((own, page))
-                pages.append(page)
                 segs.append(BlkifSegment(gref, 0, n // SECTOR_SIZE - 1))
             if npages <= BLKIF_MAX_SEGMENTS_PER_REQUEST:
                 req: object = BlkifRequest(op, self._handle, rid, sector, tuple(segs))
@@ -590,13 +752,13 @@ class BlkFront(Frontend):
             self._ids.put(rid)
             raise
         return self._queue(rid, req, op, npages, refs, pages,
-                           None if writing else chunk), template
+                           0 if writing else nbytes, span), template
 
     def _queue(self, rid: int, req: object, op: int, nsegs: int,
                refs: list[tuple[GrantRef, _Page]], pages: list[_Page],
-               target: memoryview | None = None) -> _Shadow:
+               nread: int = 0, span: memoryview | None = None) -> _Shadow:
         assert self.ring is not None and self._shadow[rid] is None
-        sh = _Shadow(rid, op, nsegs, refs, pages, target)
+        sh = _Shadow(rid, op, nsegs, refs, pages, nread, span)
         self._shadow[rid] = sh
         self.ring.put_request(req)
         self.stats["requests"] += 1
@@ -614,7 +776,12 @@ class BlkFront(Frontend):
     async def _wait_all(self, pending: Sequence[_Shadow]) -> None:
         first: BlockDeviceError | None = None
         for sh in pending:
-            await sh.done.wait()
+            done = sh.done
+            if not done.flag:
+                if done.task is not None:
+                    raise RuntimeError("a request has one waiter")  # our own bug
+                done.task = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(done.abort)
             if sh.error is not None and first is None:
                 first = sh.error
         if first is not None:
@@ -665,8 +832,12 @@ class BlkFront(Frontend):
             assert sh is not None
             shadow[rid] = None
             self._complete(sh, rsp)
-            assert self._ids is not None
-            self._ids.put(rid)
+            if sh.nread and sh.error is None and not sh.abandoned:
+                sh.held = True  # the caller copies the bytes out, then frees the id
+                self._held.add(sh)
+            else:
+                assert self._ids is not None
+                self._ids.put(rid)
 
     def _end_grants(self, sh: _Shadow) -> bool:
         """End a request's own grants; a still-mapped one is deferred. True if all ended."""
@@ -687,12 +858,6 @@ class BlkFront(Frontend):
     def _complete(self, sh: _Shadow, rsp: BlkifResponse) -> None:
         status = rsp.status
         if status == BLKIF_RSP_OKAY and rsp.error is None:
-            if sh.target is not None:
-                target, left = sh.target, sh.target.nbytes
-                for i, page in enumerate(sh.pages):
-                    lo = i * PAGE_SIZE
-                    n = min(PAGE_SIZE, left - lo)
-                    target[lo : lo + n] = page.view[:n]
             sh.done.set()
             return
         self.stats["errors"] += 1

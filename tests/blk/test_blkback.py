@@ -13,9 +13,10 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
+from dom0.backends import blkback
 from dom0.backends.blkback import BlkBack
 from dom0.host import DomainHandle, Host
-from dom0.native.disk import FaultRule, FaultyDevice, PowerLossDisk, RamDisk
+from dom0.native.disk import BlockIOError, FaultRule, FaultyDevice, PowerLossDisk, RamDisk
 from dom0.testing import GuestFactory
 from dom0.toolstack.config import ConfigError, DiskSpec
 from ring.blkif import (
@@ -417,6 +418,32 @@ async def test_native_io_error_fails_only_that_request(
     await dom.destroy()
 
 
+class _NoCacheRamDisk(RamDisk):
+    """A ramdisk whose synchronous read path fails, as a page-cache read may."""
+
+    def _do_try_readv(self, offset: int, views: list[memoryview], length: int) -> int:
+        raise BlockIOError(errno.EIO, "injected error on the inline read")
+
+
+async def test_inline_read_error_fails_only_that_request(
+        autojump_clock: MockClock, guest_factory: GuestFactory, xen_host: Host) -> None:
+    DISKS["ram:a"] = _NoCacheRamDisk(1 * MIB)
+    DISKS["ram:other"] = RamDisk(1 * MIB)
+    other, other_front = await disk_dom(guest_factory, xen_host, "ram:other", name="other")
+    dom, front = await disk_dom(guest_factory, xen_host, "ram:a", name="a")
+    base = pins(xen_host)
+    ref, _ = front.data_page()
+    front.submit(BlkifRequest(BLKIF_OP_READ, XVDA, 1, 0, (seg(ref),)))
+    (rsp,) = await front.responses(1)
+    assert (rsp.id, rsp.status) == (1, BLKIF_RSP_ERROR)
+    st = back_of(xen_host, dom).stats
+    assert st.io_errors == 1 and st.invalid == 0 and st.bytes_read == 0
+    assert pins(xen_host) == base  # unmapped before the answer
+    await roundtrip(other_front)
+    await dom.destroy()
+    await other.destroy()
+
+
 async def test_discard_zeroes(
         autojump_clock: MockClock, guest_factory: GuestFactory, xen_host: Host) -> None:
     disk = DISKS["ram:a"] = RamDisk(1 * MIB, initial=b"\xFF" * MIB)
@@ -549,6 +576,103 @@ async def test_persistent_grants_kept_then_purged(
     await dom.detach_disk("xvda")
     assert pins(xen_host)[1] < base[1]  # the ring is gone too
     assert back.stats.persistent_grants == 0 and back._pgrants == {}
+    await dom.destroy()
+
+
+def _indirect_write(front: RawBlkFront, n: int,
+                    ) -> tuple[list[memoryview], int, memoryview, list[int]]:
+    """n data pages and one indirect page describing them (all persistent, RW)."""
+    pages = [front.data_page() for _ in range(n)]
+    ind_ref, ind_view = front.data_page()
+    (page,) = encode_indirect_segments([seg(ref) for ref, _ in pages])
+    ind_view[:] = page
+    return [v for _, v in pages], ind_ref, ind_view, [ref for ref, _ in pages]
+
+
+async def test_segment_lists_decoded_once_and_their_mapping_kept(
+        autojump_clock: MockClock, guest_factory: GuestFactory, xen_host: Host,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(RawBlkFront, "persistent", True)
+    decoded: list[int] = []
+    real_decode = blkback.decode_indirect_segments
+
+    def counting(pages: Any, nr: int, limit: int) -> Any:
+        decoded.append(nr)
+        return real_decode(pages, nr, limit)
+
+    monkeypatch.setattr(blkback, "decode_indirect_segments", counting)
+    disk = DISKS["ram:a"] = RamDisk(1 * MIB)
+    dom, front = await disk_dom(guest_factory, xen_host, "ram:a", name="a")
+    back = back_of(xen_host, dom)
+    views, ind_ref, ind_view, refs = _indirect_write(front, 20)
+    after_first = None
+    for i in range(3):
+        for k, v in enumerate(views):
+            v[:] = bytes([i * 20 + k]) * 4096
+        req = BlkifIndirectRequest(BLKIF_OP_INDIRECT, BLKIF_OP_WRITE, 20, i, 160 * i, XVDA,
+                                   (ind_ref,))
+        front.submit(req)
+        (rsp,) = await front.responses(1)
+        assert (rsp.id, rsp.operation, rsp.status) == (i, BLKIF_OP_WRITE, BLKIF_RSP_OKAY)
+        img = disk.snapshot()
+        at = 160 * i * 512
+        assert all(img[at + 4096 * k:at + 4096 * (k + 1)] == bytes([i * 20 + k]) * 4096
+                   for k in range(20))
+        if after_first is None:
+            after_first = pins(xen_host)
+        assert pins(xen_host) == after_first  # nothing mapped again
+    assert decoded == [20]  # the same bytes were decoded and checked once
+    assert back.stats.persistent_grants == 21  # 20 data pages + the indirect page
+    # the frontend rewrites the indirect page: a new list, decoded and checked anew
+    bad = [seg(r) for r in refs]
+    bad[19] = seg(refs[19], 0, 8)
+    (page,) = encode_indirect_segments(bad)
+    ind_view[:] = page
+    front.submit(BlkifIndirectRequest(BLKIF_OP_INDIRECT, BLKIF_OP_READ, 20, 9, 0, XVDA,
+                                      (ind_ref,)))
+    (rsp,) = await front.responses(1)
+    assert (rsp.id, rsp.status) == (9, BLKIF_RSP_ERROR) and back.stats.invalid == 1
+    assert decoded == [20, 20]
+    # ... and back again: the cached list serves a read of what the first request wrote
+    (page,) = encode_indirect_segments([seg(r) for r in refs])
+    ind_view[:] = page
+    front.submit(BlkifIndirectRequest(BLKIF_OP_INDIRECT, BLKIF_OP_READ, 20, 10, 0, XVDA,
+                                      (ind_ref,)))
+    (rsp,) = await front.responses(1)
+    assert (rsp.id, rsp.operation, rsp.status) == (10, BLKIF_OP_READ, BLKIF_RSP_OKAY)
+    assert decoded == [20, 20]
+    assert all(bytes(v) == bytes([k]) * 4096 for k, v in enumerate(views))
+    await dom.detach_disk("xvda")
+    assert back.stats.persistent_grants == 0 and back._seglists == {}
+    await dom.destroy()
+
+
+async def test_cached_segment_lists_are_bounded_and_give_way_to_the_purge(
+        autojump_clock: MockClock, guest_factory: GuestFactory, xen_host: Host,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(RawBlkFront, "persistent", True)
+    monkeypatch.setattr(BlkBack, "seglist_cache", 3)
+    DISKS["ram:a"] = RamDisk(1 * MIB)
+    dom, front = await disk_dom(guest_factory, xen_host, "ram:a", name="a")
+    back = back_of(xen_host, dom)
+    refs = [front.data_page()[0] for _ in range(3)]
+    for i, ref in enumerate(refs):
+        front.submit(BlkifRequest(BLKIF_OP_WRITE, XVDA, i, 8 * i, (seg(ref),)))
+        assert (await front.responses(1))[0].status == BLKIF_RSP_OKAY
+    assert len(back._seglists) == 3 and not back._idle_pgrants  # each list pins its grant
+    # a full grant table with no idle grant: the least recently used idle list goes
+    back._max_pgrants = 3
+    extra, _ = front.data_page()
+    front.submit(BlkifRequest(BLKIF_OP_READ, XVDA, 7, 0, (seg(extra),)))
+    assert (await front.responses(1))[0].status == BLKIF_RSP_OKAY
+    assert back.stats.persistent_purged == 1 and refs[0] not in back._pgrants
+    assert back.stats.persistent_grants == 3 and len(back._seglists) == 3
+    # more distinct lists than the cache holds: the oldest ones go, unpinned
+    front.submit(BlkifRequest(BLKIF_OP_READ, XVDA, 8, 0, (seg(refs[1]), seg(refs[2]))))
+    assert (await front.responses(1))[0].status == BLKIF_RSP_OKAY
+    assert len(back._seglists) == 3 and back._pgrants[refs[1]].users == 1
+    await dom.detach_disk("xvda")
+    assert back.stats.persistent_grants == 0 and back._seglists == {}
     await dom.destroy()
 
 

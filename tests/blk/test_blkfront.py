@@ -24,6 +24,8 @@ from dom0.toolstack.builder import DeviceRequest
 from domu.blockdev import BlockDeviceError, RangeLock
 from domu.frontends.blkfront import BlkFront
 from domu.guest import Guest
+from hypervisor.memory import P2M, GuestMemory, MachineMemory, PageFault
+from hypervisor.types import PAGE_SIZE, DomId, Gfn
 from ring.blkif import (
     BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE,
@@ -31,10 +33,12 @@ from ring.blkif import (
     BLKIF_OP_WRITE,
     BLKIF_RSP_EOPNOTSUPP,
     BLKIF_RSP_ERROR,
+    BLKIF_RSP_OKAY,
     VDISK_READONLY,
     BlkifResponse,
+    make_response,
 )
-from tests.blk._scripted import CONFIGS, INSTANCES, BackConfig, ScriptBack
+from tests.blk._scripted import CONFIGS, INSTANCES, BackConfig, ScriptBack, raw_put
 
 XVDA, XVDB = 51712, 51728
 
@@ -215,6 +219,25 @@ async def test_indirect_descriptors(
     assert (BLKIF_OP_WRITE, 32) in back.ops and (BLKIF_OP_READ, 32) in back.ops
     assert got["r"] == data
     assert back.disk.snapshot()[1 << 20:(1 << 20) + len(data)] == data
+
+
+async def test_thirty_two_one_mib_requests_in_flight(
+        autojump_clock: MockClock, guest_factory: GuestFactory, xen_host: Host,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """32 MiB of data pages buy 32 ids of 256 segments (their indirect pages
+    come on top), so 32 readers never queue for an id."""
+    monkeypatch.setattr(BlkFront, "max_indirect_segments", 256)  # 1 MiB requests
+    CONFIGS[XVDA] = BackConfig(size=4 << 20, probe_keys={"feature-max-indirect-segments": "256",
+                                                        "max-ring-page-order": "4"})
+    seen: dict[str, Any] = {}
+
+    async def prog(guest: Guest) -> None:
+        front = guest.devices["vbd/51712"]
+        seen["segs"] = front.segs_per_request  # type: ignore[attr-defined]
+        seen["ids"] = front._ids.size  # type: ignore[attr-defined]
+
+    await run_guest(guest_factory, prog, memory=128)
+    assert seen == {"segs": 256, "ids": 32}
 
 
 async def test_direct_requests_split_at_11_segments(
@@ -560,6 +583,136 @@ async def test_unplug_fails_in_flight_and_later_io(
     with trio.fail_after(10):
         await finished.wait()
     assert out == {"held": errno.ENODEV, "later": errno.ENODEV}
+
+
+async def test_unplug_with_an_answered_read_not_yet_copied(
+        autojump_clock: MockClock, guest_factory: GuestFactory, xen_host: Host) -> None:
+    """A two-request read: the first part is answered (its id held until the
+    caller copies), the second never is; unplugging copies the first part out
+    before the pages are freed, and the caller gets ENODEV."""
+    def hold_second(back: ScriptBack, req: Any, rsp: BlkifResponse,
+                    ) -> list[BlkifResponse] | None:
+        return [] if getattr(req, "sector_number", 0) == 88 else None
+
+    CONFIGS[XVDA] = BackConfig(script=hold_second)
+    out: dict[str, Any] = {}
+    ready = trio.Event()
+    finished = trio.Event()
+
+    async def prog(guest: Guest) -> None:
+        disk = guest.disk("xvda")
+        front = guest.devices["vbd/51712"]
+
+        async def reader() -> None:
+            out["err"] = await _io_error(disk.read(0, 88 * 1024))  # 2 x 11 pages
+
+        async with trio.open_nursery() as n:
+            n.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            out["held"] = len(front._held)  # type: ignore[attr-defined]
+            ready.set()
+        out["held_after"] = len(front._held)  # type: ignore[attr-defined]
+        finished.set()
+
+    dom = await guest_factory(prog, devices=[vbd(XVDA)])
+    await ready.wait()
+    await dom.detach_device("vbd", XVDA)
+    with trio.fail_after(10):
+        await finished.wait()
+    assert out == {"held": 1, "err": errno.ENODEV, "held_after": 0}
+
+
+async def test_reader_that_leaves_before_the_answer_frees_its_id(
+        autojump_clock: MockClock, guest_factory: GuestFactory, xen_host: Host) -> None:
+    held: list[Any] = []
+
+    def hold(back: ScriptBack, req: Any, rsp: BlkifResponse) -> list[BlkifResponse] | None:
+        if getattr(req, "sector_number", 0) == 800:
+            held.append(req)
+            return []
+        return None
+
+    CONFIGS[XVDA] = BackConfig(script=hold)
+    out: dict[str, Any] = {}
+    answered = trio.Event()
+    finished = trio.Event()
+
+    async def prog(guest: Guest) -> None:
+        disk = guest.disk("xvda")
+        front = guest.devices["vbd/51712"]
+        ids = front._ids  # type: ignore[attr-defined]
+        free = len(ids._free)
+        with trio.move_on_after(1):
+            await disk.read(800 * 512, 512)  # never answered in time: cancelled
+        out["in_flight"] = free - len(ids._free)
+        await answered.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        out["after"] = free - len(ids._free)
+        out["held"] = len(front._held)  # type: ignore[attr-defined]
+        out["read"] = await disk.read(0, 512)
+        finished.set()
+        await trio.sleep_forever()
+
+    dom = await guest_factory(prog, devices=[vbd(XVDA)])
+    with trio.fail_after(10):
+        while not held or "in_flight" not in out:
+            await trio.sleep(0.1)
+    back = INSTANCES[XVDA]
+    raw_put(back.ring, make_response(held[0], BLKIF_RSP_OKAY))  # the late answer
+    if back.ring.push_responses_and_check_notify():
+        back.hc.evtchn_send(back.port)
+    answered.set()
+    with trio.fail_after(10):
+        await finished.wait()
+    assert out == {"in_flight": 1, "after": 0, "held": 0, "read": bytes(512)}
+    assert front_of(xen_host, dom).broken is None
+
+
+async def test_pages_that_are_not_machine_contiguous_are_copied_page_by_page(
+        autojump_clock: MockClock, guest_factory: GuestFactory, xen_host: Host,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    CONFIGS[XVDA] = BackConfig(probe_keys={"feature-max-indirect-segments": "256"})
+    monkeypatch.setattr(GuestMemory, "span", lambda self, gfn, count: None)
+    data = os.urandom(128 * 1024 + 1536)
+    got: dict[str, bytes] = {}
+
+    async def prog(guest: Guest) -> None:
+        disk = guest.disk("xvda")
+        await disk.write(4096, data)
+        got["r"] = await disk.read(4096, len(data))  # 32 + 2 pages, the last one partial
+
+    await run_guest(guest_factory, prog)
+    assert got["r"] == data
+    assert INSTANCES[XVDA].disk.snapshot()[4096:4096 + len(data)] == data
+
+
+def test_guest_memory_span_of_contiguous_pages() -> None:
+    m = MachineMemory(16 * PAGE_SIZE)
+    p2m = P2M()
+    mfns = m.alloc(DomId(1), 4)
+    (foreign,) = m.alloc(DomId(2), 1)
+    for i, mfn in enumerate(mfns):
+        p2m.set(Gfn(i), mfn)
+    gm = GuestMemory(m, DomId(1), p2m)
+    for i in range(4):
+        gm.write(Gfn(i), 0, bytes([i + 1]) * PAGE_SIZE)
+    span = gm.span(Gfn(1), 3)
+    assert span is not None and not span.readonly
+    assert bytes(span) == b"".join(bytes([i + 1]) * PAGE_SIZE for i in range(1, 4))
+    span[:3] = b"abc"
+    assert gm.read(Gfn(1), 0, 3) == b"abc"
+    p2m.set(Gfn(5), mfns[0])  # gfns 4..5: a hole, then a frame out of order
+    with pytest.raises(PageFault):
+        gm.span(Gfn(3), 3)  # gfn 4 is not populated
+    p2m.set(Gfn(4), mfns[3])
+    assert gm.span(Gfn(3), 3) is None  # populated, but not machine-contiguous
+    p2m.set(Gfn(6), foreign)
+    with pytest.raises(PageFault, match="not owned"):
+        gm.span(Gfn(5), 2)
+    with pytest.raises(ValueError):
+        gm.span(Gfn(0), 0)
+    with pytest.raises(IndexError):
+        m.frames(m.nr_frames - 1, 2)
 
 
 # --- the range lock ---------------------------------------------------------------------

@@ -21,6 +21,7 @@ from dom0.native.disk import (
     BlockIOError,
     FaultRule,
     FaultyDevice,
+    IoVec,
     RamDisk,
     open_image,
 )
@@ -565,3 +566,160 @@ async def test_large_reads_skip_the_inline_path(
     async with open_image(path) as dev:
         await dev.read(0, NOWAIT_MAX_BYTES + SECTOR)
     assert all(f == 0 for f, _ in log)
+
+
+# -- try_readv: the synchronous fast path blkback takes first ---------------------------------
+
+
+async def test_try_readv_serves_cached_reads_without_awaiting(
+    image: Path, image_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _spy_preadv(monkeypatch, lambda real, fd, b, off, fl: real(fd, b, off, fl))
+    async with open_image(image) as dev:
+        bufs = [bytearray(SECTOR), bytearray(3 * SECTOR)]
+        assert dev.try_readv(2 * SECTOR, [memoryview(b) for b in bufs]) is True
+        assert bytes(bufs[0] + bufs[1]) == image_bytes[2 * SECTOR : 6 * SECTOR]
+        assert (dev.stats.reads, dev.stats.bytes_read, dev.stats_nowait_reads) == (1, 4 * SECTOR, 1)
+    assert log == [(os.RWF_NOWAIT, threading.get_ident())]
+
+
+@pytest.mark.parametrize("cached", ["none", "part", "unsupported"])
+async def test_try_readv_says_no_unless_all_is_cached(
+    image: Path, image_bytes: bytes, monkeypatch: pytest.MonkeyPatch, cached: str
+) -> None:
+    def behaviour(real: Any, fd: int, bufs: Any, off: int, flags: int) -> int:
+        if not flags & os.RWF_NOWAIT:
+            return real(fd, bufs, off)
+        if cached == "none":
+            raise BlockingIOError(errno.EAGAIN, "would block")
+        if cached == "part":
+            return real(fd, [bufs[0][:700]], off, flags)
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    _spy_preadv(monkeypatch, behaviour)
+    async with open_image(image) as dev:
+        buf = bytearray(4 * SECTOR)
+        assert dev.try_readv(0, [memoryview(buf)]) is False
+        assert dev.stats.reads == 0  # nothing counted: readv does the real read
+        await dev.readv(0, [memoryview(buf)])
+        assert bytes(buf) == image_bytes[: 4 * SECTOR] and dev.stats.reads == 1
+
+
+async def test_try_readv_checks_like_readv(image: Path) -> None:
+    async with open_image(image) as dev:
+        with pytest.raises(BlockIOError) as exc:
+            dev.try_readv(len(image.read_bytes()), [memoryview(bytearray(SECTOR))])
+        assert exc.value.errno == errno.EINVAL and dev.stats.errors_by_errno == {errno.EINVAL: 1}
+        with pytest.raises(TypeError):
+            dev.try_readv(0, [memoryview(bytes(SECTOR))])  # read-only buffer
+    with pytest.raises(trio.ClosedResourceError):
+        dev.try_readv(0, [memoryview(bytearray(SECTOR))])
+
+
+async def test_ramdisk_try_readv_and_faulty_device_always_await() -> None:
+    ram = RamDisk(8 * SECTOR, initial=b"r" * (8 * SECTOR))
+    buf = bytearray(2 * SECTOR)
+    assert ram.try_readv(SECTOR, [memoryview(buf)]) and bytes(buf) == b"r" * (2 * SECTOR)
+    faulty = FaultyDevice(RamDisk(8 * SECTOR), [FaultRule("read", error=errno.EIO)])
+    assert faulty.try_readv(0, [memoryview(buf)]) is False  # faults apply on readv
+    with pytest.raises(BlockIOError):
+        await faulty.readv(0, [memoryview(buf)])
+
+
+async def test_iovec_is_checked_once_and_reused(image: Path, image_bytes: bytes) -> None:
+    mm = mmap.mmap(-1, 2 * PAGE)
+    views = _segments(mm, [(0, 1, 3), (1, 0, 7)])
+    vec = IoVec([*views, memoryview(bytearray(0))], writable=True)
+    assert len(vec.views) == 2 and vec.nbytes == 11 * SECTOR  # the empty buffer dropped
+    async with open_image(image) as dev:
+        for _ in range(2):
+            await dev.readv(SECTOR, vec)
+            assert b"".join(views) == image_bytes[SECTOR : 12 * SECTOR]
+        assert dev.try_readv(0, vec) and b"".join(views) == image_bytes[: 11 * SECTOR]
+        await dev.writev(0, IoVec([bytes(SECTOR)], writable=False))
+        assert await dev.read(0, SECTOR) == bytes(SECTOR)
+        with pytest.raises(TypeError):
+            await dev.readv(0, IoVec([bytearray(SECTOR)], writable=False))
+    with pytest.raises(TypeError):
+        IoVec([bytes(SECTOR)], writable=True)
+
+
+# -- writes issued together share one worker-thread hop ----------------------------------------
+
+
+async def test_writes_issued_together_share_one_thread_hop(image: Path) -> None:
+    n = disk.MAX_WRITE_BATCH + 3
+    async with open_image(image) as dev:
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(dev.write, i * SECTOR, bytes([i]) * SECTOR)
+        assert dev.stats_write_hops == 2 and dev.stats.writes == n  # 32 + 3
+        await dev.write(0, b"z" * SECTOR)  # alone: its own hop
+        assert dev.stats_write_hops == 3
+    data = image.read_bytes()
+    assert data[:SECTOR] == b"z" * SECTOR
+    assert all(data[i * SECTOR:(i + 1) * SECTOR] == bytes([i]) * SECTOR for i in range(1, n))
+
+
+async def test_a_failed_write_in_a_batch_fails_only_itself(
+    image: Path, image_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.pwritev
+
+    def pwritev(fd: int, bufs: Any, off: int) -> int:
+        if off == 2 * SECTOR:
+            raise OSError(errno.ENOSPC, "no space")
+        return real(fd, bufs, off)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    results: dict[int, int | None] = {}
+
+    async def write(i: int) -> None:
+        try:
+            await dev.write(i * SECTOR, b"w" * SECTOR)
+            results[i] = None
+        except BlockIOError as exc:
+            results[i] = exc.errno
+
+    async with open_image(image) as dev:
+        async with trio.open_nursery() as nursery:
+            for i in range(4):
+                nursery.start_soon(write, i)
+        assert dev.stats_write_hops == 1
+        assert dev.stats.errors_by_errno == {errno.ENOSPC: 1} and dev.stats.writes == 3
+    assert results == {0: None, 1: None, 2: errno.ENOSPC, 3: None}
+    data = image.read_bytes()
+    assert data[2 * SECTOR:3 * SECTOR] == image_bytes[2 * SECTOR:3 * SECTOR]
+    assert data[3 * SECTOR:4 * SECTOR] == b"w" * SECTOR
+
+
+async def test_a_cancelled_writer_still_waits_for_its_batch(image: Path) -> None:
+    started = threading.Event()
+    release = threading.Event()
+    real = os.pwritev
+
+    def slow(fd: int, bufs: Any, off: int) -> int:
+        started.set()
+        release.wait(5)
+        return real(fd, bufs, off)
+
+    async with open_image(image) as dev:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(os, "pwritev", slow)
+            async with trio.open_nursery() as nursery:
+                writers = trio.CancelScope()
+
+                async def writes() -> None:
+                    with writers:
+                        async with trio.open_nursery() as inner:
+                            inner.start_soon(dev.write, 0, b"a" * SECTOR)
+                            inner.start_soon(dev.write, SECTOR, b"b" * SECTOR)
+
+                nursery.start_soon(writes)
+                await trio.to_thread.run_sync(started.wait)
+                writers.cancel()  # both writers are shielded: the thread still
+                await trio.sleep(0.05)  # uses their buffers
+                assert dev._in_flight == 2
+                release.set()
+        assert dev._in_flight == 0
+    assert image.read_bytes()[: 2 * SECTOR] == b"a" * SECTOR + b"b" * SECTOR
