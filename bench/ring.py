@@ -52,7 +52,7 @@ def _requests(n: int) -> list[BlkifRequest]:
     return [BlkifRequest(BLKIF_OP_READ, 0, i, i * 8, seg) for i in range(n)]
 
 
-async def _ring_run(seconds: float) -> tuple[int, int, float]:
+async def ring_run(seconds: float) -> tuple[int, int, float]:
     """Returns (requests completed, notifications sent, elapsed seconds)."""
     hv = Hypervisor(memory_bytes=64 << 20)
     dom0 = hv.interface(0)
@@ -167,7 +167,7 @@ def run(quick: bool = False) -> Report:
     ring_s = chan_s = 0.0
     per_round: list[float] = []
     for _ in range(rounds):
-        r_done, r_notifies, r_s = trio.run(_ring_run, seconds)
+        r_done, r_notifies, r_s = trio.run(ring_run, seconds)
         c_done, c_s = trio.run(_channel_run, seconds)
         ring_done, notifies, ring_s = ring_done + r_done, notifies + r_notifies, ring_s + r_s
         chan_done, chan_s = chan_done + c_done, chan_s + c_s
