@@ -25,6 +25,11 @@ respect to other tasks):
    dropped for that port only and counted (``tx_dropped``). A guest that
    never reads costs the bridge at most its queue and slows nobody.
 
+Frames come in batches (:meth:`Bridge.transmit_many`; netback hands over a
+whole tx pass): every frame still takes steps 1-4 on its own, in order; the
+batch shares one clock reading, and each egress port's owner is notified
+once, after the batch, if it got frames.
+
 Ageing is lazy (no timer per entry): an entry is expired when
 ``updated + ageing_time <= now`` (Linux ``has_expired``); lookups ignore and
 delete expired entries, and every frame pops expired entries off the front of
@@ -50,7 +55,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 import trio
@@ -181,7 +186,11 @@ class BridgePort:
         return self._queued_bytes
 
     def _enqueue(self, frame: bytes) -> bool:
-        """Bridge side: queue a frame if the bounds allow. Never blocks."""
+        """Bridge side: queue a frame if the bounds allow. Never blocks.
+
+        The owner's ``notify`` is not called here: the bridge calls
+        :meth:`_notify_owner` once per egress port at the end of a batch.
+        """
         n = len(frame)
         if len(self._queue) >= self.max_frames or self._queued_bytes + n > self.max_bytes:
             self.stats.tx_dropped += 1
@@ -190,10 +199,13 @@ class BridgePort:
         self._queued_bytes += n
         self.stats.tx_frames += 1
         self.stats.tx_bytes += n
-        self._lot.unpark()
+        if self._lot:
+            self._lot.unpark()
+        return True
+
+    def _notify_owner(self) -> None:
         if self._notify is not None:
             self._notify()
-        return True
 
     def _detach(self) -> None:
         self._detached = True
@@ -253,7 +265,11 @@ class BridgePort:
 
     def transmit(self, frame: bytes | bytearray | memoryview) -> None:
         """Send a frame into the bridge from this port (see :meth:`Bridge.transmit`)."""
-        self.bridge.transmit(self.name, frame)
+        self.bridge.transmit_many(self.name, (frame,))
+
+    def transmit_many(self, frames: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Send frames into the bridge from this port, in order (one batch)."""
+        self.bridge.transmit_many(self.name, frames)
 
 
 @dataclass(slots=True)
@@ -324,8 +340,9 @@ class Bridge:
         Args:
             name: unique on this bridge (``vif<domid>.<devid>``; chosen by the
                 toolstack, not the guest).
-            notify: called (synchronously, must not block or raise) after a
-                frame is queued for this port - e.g. netback's rx kick.
+            notify: called (synchronously, must not block or raise) once per
+                :meth:`Bridge.transmit_many` batch that queued frames for this
+                port (after all of them) - e.g. netback's rx kick.
             max_frames, max_bytes: queue bounds.
 
         Returns:
@@ -440,52 +457,86 @@ class Bridge:
         Raises:
             KeyError: no such port (the caller's bug: transmit after detach).
         """
+        self.transmit_many(port_name, (frame,))
+
+    def transmit_many(self, port_name: str,
+                      frames: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Switch frames that arrived on ``port_name``, in order. Never blocks.
+
+        Each frame goes through steps 1-4 on its own, exactly as if sent by
+        :meth:`transmit` one after the other at this instant; what a batch
+        shares is the clock reading and one ``notify`` per egress port that
+        got frames, at the end.
+
+        Args:
+            port_name: the ingress port (its owner's own name - not guest data).
+            frames: Ethernet frames from a guest (any length, any content).
+
+        Raises:
+            KeyError: no such port (the caller's bug: transmit after detach).
+        """
         src = self._ports[port_name]
-        data = bytes(frame)
-        n = len(data)
-        for tap in self._taps:
-            if tap.port == port_name:
-                tap.writer.write_frame(data)
-        if n < ETH_HLEN or n > self._max_frame_len(data):
-            src.stats.rx_dropped += 1
-            self.stats.dropped += 1
-            return
-        src_mac = data[6:12]
-        if src_mac[0] & 1 or src_mac == _ZERO_MAC:
-            src.stats.rx_dropped += 1
-            self.stats.dropped += 1
-            return
-        src.stats.rx_frames += 1
-        src.stats.rx_bytes += n
-        self.stats.frames += 1
-        for tap in self._taps:
-            if tap.port is None:
-                tap.writer.write_frame(data)
-
         now = self._clock()
-        self._expire_front(now)
-        self._learn(src_mac, src, now)
+        sstats = src.stats
+        bstats = self.stats
+        taps = self._taps
+        fdb = self._fdb
+        mtu_len = self.mtu + ETH_HLEN
+        queued: dict[BridgePort, None] = {}  # egress ports that got frames, in order
+        learned: bytes | None = None
+        for frame in frames:
+            data = bytes(frame)
+            n = len(data)
+            if taps:
+                for tap in taps:
+                    if tap.port == port_name:
+                        tap.writer.write_frame(data)
+            if n < ETH_HLEN or (n > mtu_len and n > self._max_frame_len(data)):
+                sstats.rx_dropped += 1
+                bstats.dropped += 1
+                continue
+            src_mac = data[6:12]
+            if src_mac[0] & 1 or src_mac == _ZERO_MAC:
+                sstats.rx_dropped += 1
+                bstats.dropped += 1
+                continue
+            sstats.rx_frames += 1
+            sstats.rx_bytes += n
+            bstats.frames += 1
+            if taps:
+                for tap in taps:
+                    if tap.port is None:
+                        tap.writer.write_frame(data)
+            if src_mac != learned:  # relearning the newest entry at `now` changes nothing
+                self._expire_front(now)
+                self._learn(src_mac, src, now)
+                learned = src_mac if fdb.get(src_mac) is not None else None
+            dst = data[0:6]
+            if not dst[0] & 1:
+                entry = fdb.get(dst)
+                if entry is not None and not self._expired(entry, now):
+                    if entry.port is src:
+                        bstats.filtered += 1
+                    elif self._deliver(entry.port, data):
+                        queued[entry.port] = None
+                    continue
+            sstats.floods += 1
+            bstats.floods += 1
+            for port in list(self._ports.values()):
+                if port is not src and self._deliver(port, data):
+                    queued[port] = None
+        for port in queued:
+            if not port.detached:
+                port._notify_owner()
 
-        dst = data[0:6]
-        if not dst[0] & 1:
-            entry = self._fdb.get(dst)
-            if entry is not None and not self._expired(entry, now):
-                if entry.port is src:
-                    self.stats.filtered += 1
-                else:
-                    self._deliver(entry.port, data)
-                return
-        src.stats.floods += 1
-        self.stats.floods += 1
-        for port in list(self._ports.values()):
-            if port is not src:
-                self._deliver(port, data)
-
-    def _deliver(self, port: BridgePort, data: bytes) -> None:
-        if port._enqueue(data):
+    def _deliver(self, port: BridgePort, data: bytes) -> bool:
+        if not port._enqueue(data):
+            return False
+        if self._taps:
             for tap in self._taps:
                 if tap.port == port.name:
                     tap.writer.write_frame(data)
+        return True
 
     # -- capture -----------------------------------------------------------------
 
