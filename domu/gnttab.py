@@ -32,6 +32,11 @@ from hypervisor.types import DomId, Gfn, GrantRef
 
 _DOMID_FRAME = struct.Struct("<HI")
 _FLAGS = struct.Struct("<H")
+_REF_SHIFT = ENTRIES_PER_FRAME.bit_length() - 1  # ref >> 9: its table frame
+_REF_MASK = ENTRIES_PER_FRAME - 1
+assert 1 << _REF_SHIFT == ENTRIES_PER_FRAME
+_RO_ACCESS = GTF_permit_access | GTF_readonly
+_IN_USE = GTF_reading | GTF_writing
 
 
 class GrantTableClient:
@@ -71,7 +76,7 @@ class GrantTableClient:
         return len(self._free)
 
     def _loc(self, ref: int) -> tuple[memoryview, int]:
-        return self._views[ref // ENTRIES_PER_FRAME], (ref % ENTRIES_PER_FRAME) * 8
+        return self._views[ref >> _REF_SHIFT], (ref & _REF_MASK) << 3
 
     def read_entry(self, ref: GrantRef | int) -> tuple[int, int, int]:
         """(flags, domid, frame) of own entry ``ref``."""
@@ -103,8 +108,12 @@ class GrantTableClient:
                 raise XenError(Errno.ENOSPC, "grant table full")
             self._setup(len(self._views) + 1)
         ref = self._free.pop()
-        self.write_entry(ref, domid, gfn, GTF_permit_access | (GTF_readonly if readonly else 0))
-        return GrantRef(ref)
+        # write_entry, inlined (drivers grant a page per packet): flags last
+        view = self._views[ref >> _REF_SHIFT]
+        off = (ref & _REF_MASK) << 3
+        _DOMID_FRAME.pack_into(view, off + 2, domid, gfn)
+        _FLAGS.pack_into(view, off, _RO_ACCESS if readonly else GTF_permit_access)
+        return ref  # type: ignore[return-value]  # a GrantRef (NewType of int)
 
     def query_foreign_access(self, ref: GrantRef | int) -> bool:
         """True while the grantee maps or copies the page."""
@@ -121,7 +130,12 @@ class GrantTableClient:
 
     def end_foreign_access(self, ref: GrantRef | int) -> bool:
         """End access and free ``ref``; False (ref kept) while still mapped."""
-        if not self.end_foreign_access_ref(ref):
+        # end_foreign_access_ref, inlined (drivers end a grant per packet)
+        view = self._views[ref >> _REF_SHIFT]
+        off = (ref & _REF_MASK) << 3
+        (flags,) = _FLAGS.unpack_from(view, off)
+        if flags & _IN_USE:
             return False
+        _FLAGS.pack_into(view, off, 0)  # single-threaded: the CAS cannot race
         self._free.append(ref)
         return True

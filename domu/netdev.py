@@ -259,9 +259,11 @@ class NetDevice:
             self.stats.rx_dropped += 1
             return False
         self._queue.append(frame)
-        self.stats.rx_packets += 1
-        self.stats.rx_bytes += len(frame)
-        self._rx_lot.unpark()
+        stats = self.stats
+        stats.rx_packets += 1
+        stats.rx_bytes += len(frame)
+        if self._rx_lot:
+            self._rx_lot.unpark()
         return True
 
     def set_carrier(self, on: bool) -> None:
