@@ -62,7 +62,7 @@ Worked example (MTU 9000, one 9014-byte frame)::
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+from typing import Any
 
 import trio
 
@@ -77,20 +77,30 @@ from ring.errors import PeerProtocolError
 from ring.netif import (
     NET_RX_RING_SIZE,
     NET_TX_RING_SIZE,
-    NETIF_RSP_NULL,
+    NETIF_RSP_DROPPED,
+    NETIF_RSP_ERROR,
     NETIF_RSP_OKAY,
     NETIF_RX_CODEC,
     NETIF_TX_CODEC,
+    RX_REQ_SLOT,
+    RX_RSP_SLOT,
+    TX_REQ_SLOT,
+    TX_RSP_SLOT,
     XEN_NETIF_EXTRA_TYPE_MAX,
     XEN_NETIF_NR_SLOTS_MIN,
     XEN_PAGE_SIZE,
     NetifRxRequest,
     NetifRxResponse,
-    NetifTxRequest,
     NetifTxResponse,
     NETRXF_extra_info,
     NETRXF_more_data,
     NETTXF_more_data,
+    RxReqTuple,
+    TxReqTuple,
+    front_copy_responses,
+    front_put_requests,
+    rx_response,
+    tx_response,
 )
 from ring.sring import FrontRing
 
@@ -104,14 +114,12 @@ MAX_RX_EXTRAS = XEN_NETIF_EXTRA_TYPE_MAX - 1
 """Extra-info slots one received frame may carry (one per known type)."""
 MAX_PENDING_GRANTS = 2 * (NET_TX_RING_SIZE + NET_RX_RING_SIZE)
 """Grants the backend may keep mapped before netfront gives up on it."""
+_TX_OK_STATUS = frozenset((NETIF_RSP_OKAY, NETIF_RSP_ERROR, NETIF_RSP_DROPPED))
+"""tx response statuses netfront accepts (never NULL: it sends no extra-info)."""
 
 
-class _Buf(NamedTuple):
-    """A buffer page in flight: its grant, gfn and view."""
-
-    ref: GrantRef
-    gfn: Gfn
-    view: memoryview
+_Buf = tuple[GrantRef, Gfn, memoryview]
+"""A buffer page in flight: ``(grant ref, gfn, view)``."""
 
 
 def parse_mac(raw: bytes | None) -> bytes:
@@ -262,17 +270,15 @@ class NetFront(Frontend):
 
     def _end(self, buf: _Buf, pool: list[tuple[Gfn, memoryview]]) -> None:
         """End a buffer grant; recycle its page, or defer both if the backend maps it."""
-        if self.grants.end_foreign_access(buf.ref):
-            pool.append((buf.gfn, buf.view))
+        ref, gfn, view = buf
+        if self.grants.end_foreign_access(ref):
+            pool.append((gfn, view))
             return
-        self.pending_grants.append((buf.ref, buf.gfn))
+        self.pending_grants.append((ref, gfn))
         _log.warning("%s: grant %d still in use by the backend; page not reused",
-                     self.dev.path, buf.ref)
+                     self.dev.path, ref)
         if len(self.pending_grants) > MAX_PENDING_GRANTS:
             self._set_broken("backend keeps too many grants mapped")
-
-    def _page(self, pool: list[tuple[Gfn, memoryview]]) -> tuple[Gfn, memoryview]:
-        return pool.pop() if pool else self.alloc_page()
 
     def _alloc_rx_buffers(self) -> None:
         """Post rx requests until ``rx_target`` are outstanding (``xennet_alloc_rx_buffers``)."""
@@ -282,18 +288,21 @@ class NetFront(Frontend):
         want = min(self.rx_target, rx.size) - ((rx.req_prod_pvt - rx.rsp_cons) & _M)
         if want <= 0:
             return
-        reqs = []
+        reqs: list[RxReqTuple] = []
         backend = self.dev.backend_id
+        grant = self.grants.grant_access
+        pool = self._rx_pages
+        posted = self._rx_posted
         mask = rx.size - 1
         i = rx.req_prod_pvt
         for _ in range(want):
             k = i & mask
-            gfn, view = self._page(self._rx_pages)
-            ref = self.grants.grant_access(backend, gfn)
-            self._rx_posted[k] = _Buf(ref, gfn, view)
-            reqs.append(NetifRxRequest(k, ref))
+            gfn, view = pool.pop() if pool else self.alloc_page()
+            ref = grant(backend, gfn)
+            posted[k] = (ref, gfn, view)
+            reqs.append((k, ref))
             i += 1
-        rx.put_requests(reqs)
+        front_put_requests(rx, RX_REQ_SLOT, reqs)
         if rx.push_requests_and_check_notify():
             self._notify()
 
@@ -324,20 +333,22 @@ class NetFront(Frontend):
                 break
             await self._tx_lot.park()
         backend = self.dev.backend_id
-        reqs = []
+        pool = self._tx_pages
+        reqs: list[TxReqTuple] = []
         for s in range(nslots):
-            chunk = frame[s * XEN_PAGE_SIZE:(s + 1) * XEN_PAGE_SIZE]
-            gfn, view = self._page(self._tx_pages)
+            chunk = frame[s * XEN_PAGE_SIZE:(s + 1) * XEN_PAGE_SIZE] if nslots > 1 else frame
+            gfn, view = pool.pop() if pool else self.alloc_page()
             view[:len(chunk)] = chunk
             ref = self.grants.grant_access(backend, gfn, readonly=True)
             txid = self._tx_free_ids.pop()
-            self._tx_inflight[txid] = _Buf(ref, gfn, view)
+            self._tx_inflight[txid] = (ref, gfn, view)
             more = s < nslots - 1
-            reqs.append(NetifTxRequest(ref, 0, NETTXF_more_data if more else 0, txid,
-                                       n if s == 0 else len(chunk)))
-        tx.put_requests(reqs)
-        self.netdev.stats.tx_packets += 1
-        self.netdev.stats.tx_bytes += n
+            reqs.append((ref, 0, NETTXF_more_data if more else 0, txid,
+                         n if s == 0 else len(chunk)))
+        front_put_requests(tx, TX_REQ_SLOT, reqs)
+        stats = self.netdev.stats
+        stats.tx_packets += 1
+        stats.tx_bytes += n
         if tx.push_requests_and_check_notify():
             self._notify()
 
@@ -356,22 +367,25 @@ class NetFront(Frontend):
                 f"tx: {n} responses published but only {outstanding} requests outstanding")
         stats = self.netdev.stats
         inflight = self._tx_inflight
-        for idx in range(cons, cons + n):
-            rsp = tx.copy_response(idx & _M)
-            if rsp.error is not None or rsp.status == NETIF_RSP_NULL:
-                raise PeerProtocolError(f"tx response {rsp}: bad status")
-            if not 0 <= rsp.id < NET_TX_RING_SIZE:
-                raise PeerProtocolError(f"tx response id {rsp.id} out of range")
-            buf = inflight[rsp.id]
+        free_ids = self._tx_free_ids
+        idx = cons
+        for rid, status in front_copy_responses(tx, TX_RSP_SLOT, cons, n):
+            if status not in _TX_OK_STATUS:
+                raise PeerProtocolError(f"tx response {tx_response((rid, status))}: bad status")
+            if not 0 <= rid < NET_TX_RING_SIZE:
+                raise PeerProtocolError(f"tx response id {rid} out of range")
+            buf = inflight[rid]
             if buf is None:
-                raise PeerProtocolError(f"tx response for inactive request id {rsp.id}")
-            inflight[rsp.id] = None
-            tx.rsp_cons = (idx + 1) & _M
-            if rsp.status != NETIF_RSP_OKAY:
+                raise PeerProtocolError(f"tx response for inactive request id {rid}")
+            inflight[rid] = None
+            idx += 1
+            tx.rsp_cons = idx & _M
+            if status != NETIF_RSP_OKAY:
                 stats.tx_errors += 1
-            self._tx_free_ids.append(rsp.id)
+            free_ids.append(rid)
             self._end(buf, self._tx_pages)
-        self._tx_lot.unpark_all()
+        if self._tx_lot:
+            self._tx_lot.unpark_all()
 
     # -- receive ---------------------------------------------------------------------------
 
@@ -402,19 +416,39 @@ class NetFront(Frontend):
                 f"rx: {n} responses published but only {posted} buffers posted")
         mask = rx.size - 1
         posted_bufs = self._rx_posted
-        for idx in range(cons, cons + n):
+        pool = self._rx_pages
+        netdev = self.netdev
+        idx = cons
+        for fields in front_copy_responses(rx, RX_RSP_SLOT, cons, n):
             k = idx & mask
-            rsp = rx.copy_response(idx & _M)
             buf = posted_bufs[k]
             if buf is None:  # cannot happen while n <= posted; keep the invariant loud
                 raise PeerProtocolError(f"rx response in slot {k}, which is not posted")
+            rid, offset, flags, status = fields
+            if (not flags and rid == k and status >= 0 and offset + status <= XEN_PAGE_SIZE
+                    and not self._rx_extras and not self._rx_slots):
+                # the common case: a whole frame in one slot (the checks of
+                # _rx_data and _finish_frame for a one-slot chain, in one place)
+                data = bytes(buf[2][offset:offset + status])
+                posted_bufs[k] = None
+                idx += 1
+                rx.rsp_cons = idx & _M
+                self._end(buf, pool)
+                if ETH_HLEN <= status <= netdev.max_frame_len:
+                    netdev.deliver(data)
+                else:
+                    netdev.stats.rx_length_errors += 1
+                    netdev.stats.rx_errors += 1
+                continue
+            rsp = rx_response(fields)
             if self._rx_extras:
                 self._rx_extra(rsp)
             else:
                 self._rx_data(rsp, k, buf)
             posted_bufs[k] = None
-            rx.rsp_cons = (idx + 1) & _M
-            self._end(buf, self._rx_pages)
+            idx += 1
+            rx.rsp_cons = idx & _M
+            self._end(buf, pool)
             if self._rx_data_done and not self._rx_extras:
                 self._finish_frame()
         self._alloc_rx_buffers()
@@ -438,7 +472,7 @@ class NetFront(Frontend):
         if rsp.status < 0:  # NETIF_RSP_ERROR / DROPPED: this frame is lost
             self._rx_chain_error = True
         elif not self._rx_chain_error:
-            self._rx_parts.append(bytes(buf.view[rsp.offset:rsp.offset + rsp.status]))
+            self._rx_parts.append(bytes(buf[2][rsp.offset:rsp.offset + rsp.status]))
 
     def _rx_extra(self, rsp: NetifRxResponse) -> None:
         """One extra-info slot (``xennet_get_extras``): validated, then ignored."""
