@@ -273,6 +273,11 @@ class GrantTable:
         self.max_frames = max_frames
         self.frames: list[Mfn] = []
         self._views: list[memoryview] = []
+        # the same frames as native u16 / u32 arrays (hosts are little-endian, like
+        # the entries): entry e of a frame has flags at u16[4e], domid at u16[4e+1]
+        # and frame at u32[2e+1] - read and written without struct calls
+        self._u16: list[memoryview] = []
+        self._u32: list[memoryview] = []
         self.active: dict[int, ActiveEntry] = {}
 
     @property
@@ -291,23 +296,27 @@ class GrantTable:
             return
         new = self._machine.alloc(self.domid, need)
         self.frames.extend(new)
-        self._views.extend(self._machine.frame(m) for m in new)
+        views = [self._machine.frame(m) for m in new]
+        self._views.extend(views)
+        self._u16.extend(v.cast("H") for v in views)
+        self._u32.extend(v.cast("I") for v in views)
 
     def read_entry(self, ref: int) -> tuple[int, int, int]:
         """Copy entry ``ref`` out of the shared frame: (flags, domid, frame)."""
         return GRANT_ENTRY_V1.unpack_from(self._views[ref >> 9], (ref & 511) << 3)
 
     def _set_flag_bits(self, ref: int, set_bits: int, clear_bits: int) -> None:
-        view = self._views[ref >> 9]
-        off = (ref & 511) << 3
-        (flags,) = _FLAGS.unpack_from(view, off)
-        _FLAGS.pack_into(view, off, (flags | set_bits) & ~clear_bits)
+        flags = self._u16[ref >> 9]
+        i = (ref & 511) << 2
+        flags[i] = (flags[i] | set_bits) & ~clear_bits & 0xFFFF
 
     def release_frames(self) -> list[Mfn]:
         """Forget every frame (domain final free) and return them."""
         out = self.frames
         self.frames = []
         self._views = []
+        self._u16 = []
+        self._u32 = []
         self.active.clear()
         return out
 
@@ -591,44 +600,32 @@ class GrantTables:
         owner = machine.owner
         me = caller.domid
         own_p2m = caller.p2m.get
-        doms: dict[int, Domain | None] = {DOMID_SELF: caller, me: caller}
-        lookup = self._lookup
-        # per granter, for this batch: (table, nr_entries, active, entry frames, p2m.get)
-        granters: dict[int, tuple[GrantTable, int, dict[int, ActiveEntry],
-                                  list[memoryview], Callable[[int], int]]] = {}
+        routes: dict[tuple[int, int, int], _CopyRoute] = {}
         try:
             for op in ops:
-                if type(op) is not tuple:
-                    op = op.flat()  # type: ignore[union-attr]
-                s_u, s_dom, s_off, d_u, d_dom, d_off, n, flags = op
-                if (n < 0 or s_off < 0 or d_off < 0
-                        or s_off + n > PAGE_SIZE or d_off + n > PAGE_SIZE):
+                try:
+                    s_u, s_dom, s_off, d_u, d_dom, d_off, n, flags = op  # type: ignore[misc]
+                except TypeError:  # a GntCopy record
+                    if not isinstance(op, GntCopy):
+                        raise
+                    op = op.flat()
+                    s_u, s_dom, s_off, d_u, d_dom, d_off, n, flags = op
+                if (n | s_off | d_off) < 0 or s_off + n > PAGE_SIZE or d_off + n > PAGE_SIZE:
                     append(GNTST_bad_copy_arg)
                     continue
-                s_gref = flags & GNTCOPY_source_gref
-                d_gref = flags & GNTCOPY_dest_gref
-                if s_dom != DOMID_SELF and not s_gref:
-                    append(GNTST_permission_denied)
+                # what the two sides' domains and flags allow, worked out once per batch
+                route = routes.get((s_dom, d_dom, flags))
+                if route is None:
+                    route = routes[(s_dom, d_dom, flags)] = self._copy_route(
+                        caller, s_dom, d_dom, flags)
+                if type(route) is int:
+                    append(route)
                     continue
-                sd = doms[s_dom] if s_dom in doms else doms.setdefault(s_dom, lookup(s_dom))
-                if sd is None or sd.dying:
-                    append(GNTST_bad_domain)
+                kind, sd, dd, nr, active, u16s, u32s, gp2m, gdom = route  # type: ignore[misc]
+                if kind is _COPY_GENERAL:
+                    append(self._copy_general(caller, sd, dd, op))
                     continue
-                if d_dom != DOMID_SELF and not d_gref:
-                    append(GNTST_permission_denied)
-                    continue
-                dd = doms[d_dom] if d_dom in doms else doms.setdefault(d_dom, lookup(d_dom))
-                if dd is None or dd.dying:
-                    append(GNTST_bad_domain)
-                    continue
-                if s_gref:
-                    if d_gref:
-                        append(self._copy_general(caller, sd, dd, op))
-                        continue
-                    gd, ref, own, writable = sd, s_u, d_u, False
-                elif d_gref:
-                    gd, ref, own, writable = dd, d_u, s_u, True
-                else:  # both sides the caller's own pages
+                if kind is _COPY_OWN:  # both sides the caller's own pages
                     smfn = own_p2m(s_u)
                     dmfn = own_p2m(d_u)
                     if (smfn == INVALID_MFN or owner[smfn] != me
@@ -638,49 +635,73 @@ class GrantTables:
                     frame(dmfn)[d_off:d_off + n] = frame(smfn)[s_off:s_off + n]
                     append(GNTST_okay)
                     continue
-                # one grant side (gd, ref), one own page: Xen checks the source first
-                own_mfn = own_p2m(own)
-                own_bad = own_mfn == INVALID_MFN or owner[own_mfn] != me
-                if writable and own_bad:
-                    append(GNTST_bad_page)
-                    continue
-                g = granters.get(gd.domid)
-                if g is None:
-                    gt = gd.grant_table
-                    g = granters[gd.domid] = (gt, gt.nr_entries, gt.active, gt._views,
-                                              gd.p2m.get)
-                if not 0 <= ref < g[1]:
+                # one side a grant (ref), the other an own page: Xen checks the source first
+                writable = kind is _COPY_TO_GRANT
+                if writable:
+                    ref = d_u
+                    own_mfn = own_p2m(s_u)
+                    own_bad = own_mfn == INVALID_MFN or owner[own_mfn] != me
+                    if own_bad:
+                        append(GNTST_bad_page)
+                        continue
+                else:
+                    ref = s_u
+                    own_mfn = own_p2m(d_u)
+                    own_bad = own_mfn == INVALID_MFN or owner[own_mfn] != me
+                if not 0 <= ref < nr:
                     append(GNTST_bad_gntref)
                     continue
-                if ref in g[2]:  # mapped too: pin counts matter
+                if ref in active:  # mapped too: pin counts matter
                     append(self._copy_general(caller, sd, dd, op))
                     continue
-                view = g[3][ref >> 9]
-                off = (ref & 511) << 3
-                e_flags, e_dom, e_frame = GRANT_ENTRY_V1.unpack_from(view, off)
-                if ((e_flags & GTF_type_mask) != GTF_permit_access or e_dom != me
+                # the entry, read once: flags, domid, frame
+                page, e = ref >> 9, ref & 511
+                flags16 = u16s[page]
+                i = e << 2
+                e_flags = flags16[i]
+                if ((e_flags & GTF_type_mask) != GTF_permit_access or flags16[i + 1] != me
                         or (writable and e_flags & GTF_readonly)):
                     append(GNTST_general_error)
                     continue
-                gmfn = g[4](e_frame)
-                if gmfn == INVALID_MFN or owner[gmfn] != gd.domid:
-                    append(GNTST_bad_page)
-                    continue
-                if own_bad:
+                gmfn = gp2m(u32s[page][(e << 1) | 1])
+                if gmfn == INVALID_MFN or owner[gmfn] != gdom or own_bad:
                     append(GNTST_bad_page)
                     continue
                 if writable:
-                    _FLAGS.pack_into(view, off, e_flags | GTF_reading | GTF_writing)
+                    flags16[i] = e_flags | GTF_reading | GTF_writing
                     frame(gmfn)[d_off:d_off + n] = frame(own_mfn)[s_off:s_off + n]
                 else:
-                    _FLAGS.pack_into(view, off, e_flags | GTF_reading)
+                    flags16[i] = e_flags | GTF_reading
                     frame(own_mfn)[d_off:d_off + n] = frame(gmfn)[s_off:s_off + n]
-                (e_flags,) = _FLAGS.unpack_from(view, off)
-                _FLAGS.pack_into(view, off, e_flags & _UNPIN)
+                flags16[i] &= _UNPIN
                 append(GNTST_okay)
         except (TypeError, ValueError, AttributeError):
             raise XenError(Errno.EFAULT, "gnttab_copy: malformed element") from None
         return out
+
+    def _copy_route(self, caller: Domain, s_dom: int, d_dom: int, flags: int) -> _CopyRoute:
+        """How :meth:`copy` handles elements with these domains and flags: a GNTST
+        error for all of them, or the path and what it needs (domains, and the
+        granter's table for a one-grant element)."""
+        s_gref = flags & GNTCOPY_source_gref
+        d_gref = flags & GNTCOPY_dest_gref
+        sides: list[Domain] = []
+        for dom, is_gref in ((s_dom, s_gref), (d_dom, d_gref)):
+            if dom != DOMID_SELF and not is_gref:
+                return GNTST_permission_denied
+            d = self._domain(caller, dom)
+            if d is None or d.dying:
+                return GNTST_bad_domain
+            sides.append(d)
+        sd, dd = sides
+        if s_gref and d_gref:
+            return (_COPY_GENERAL, sd, dd, 0, {}, [], [], _no_p2m, 0)
+        if not s_gref and not d_gref:
+            return (_COPY_OWN, sd, dd, 0, {}, [], [], _no_p2m, 0)
+        gd = sd if s_gref else dd
+        gt = gd.grant_table
+        return (_COPY_TO_GRANT if d_gref else _COPY_FROM_GRANT, sd, dd, gt.nr_entries,
+                gt.active, gt._u16, gt._u32, gd.p2m.get, gd.domid)
 
     def _copy_general(self, caller: Domain, sd: Domain, dd: Domain, op: GntCopyOp) -> int:
         """One element through the general pin path (both sides grants, or a
@@ -713,6 +734,19 @@ class GrantTables:
         if mfn == INVALID_MFN or self._machine.owner[mfn] != caller.domid:
             raise GntError(GNTST_bad_page)
         return Mfn(mfn)
+
+
+_COPY_GENERAL, _COPY_OWN, _COPY_FROM_GRANT, _COPY_TO_GRANT = (
+    "general", "own", "from-grant", "to-grant")
+_CopyRoute = int | tuple[str, "Domain", "Domain", int, dict[int, ActiveEntry],
+                         list[memoryview], list[memoryview], Callable[[int], int], int]
+"""A GNTST error for every element with these sides, or (path, source domain,
+destination domain, and for a one-grant path: the granter's nr_entries, active
+entries, entry views, p2m lookup and domid)."""
+
+
+def _no_p2m(gfn: int) -> int:
+    return INVALID_MFN
 
 
 def _statuses(fn: Callable[[Domain, Any], None], caller: Domain, ops: Sequence[Any]) -> list[int]:
