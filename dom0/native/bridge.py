@@ -483,14 +483,14 @@ class Bridge:
         fdb = self._fdb
         mtu_len = self.mtu + ETH_HLEN
         queued: dict[BridgePort, None] = {}  # egress ports that got frames, in order
+        others: list[BridgePort] | None = None  # flood targets (no port comes or goes here)
         learned: bytes | None = None
+        good = good_bytes = floods = 0  # counters, added once at the end
         for frame in frames:
             data = bytes(frame)
             n = len(data)
             if taps:
-                for tap in taps:
-                    if tap.port == port_name:
-                        tap.writer.write_frame(data)
+                self._tap(port_name, data)
             if n < ETH_HLEN or (n > mtu_len and n > self._max_frame_len(data)):
                 sstats.rx_dropped += 1
                 bstats.dropped += 1
@@ -500,13 +500,10 @@ class Bridge:
                 sstats.rx_dropped += 1
                 bstats.dropped += 1
                 continue
-            sstats.rx_frames += 1
-            sstats.rx_bytes += n
-            bstats.frames += 1
+            good += 1
+            good_bytes += n
             if taps:
-                for tap in taps:
-                    if tap.port is None:
-                        tap.writer.write_frame(data)
+                self._tap(None, data)
             if src_mac != learned:  # relearning the newest entry at `now` changes nothing
                 self._expire_front(now)
                 self._learn(src_mac, src, now)
@@ -515,28 +512,36 @@ class Bridge:
             if not dst[0] & 1:
                 entry = fdb.get(dst)
                 if entry is not None and not self._expired(entry, now):
-                    if entry.port is src:
+                    port = entry.port
+                    if port is src:
                         bstats.filtered += 1
-                    elif self._deliver(entry.port, data):
-                        queued[entry.port] = None
+                    elif port._enqueue(data):
+                        queued[port] = None
+                        if taps:
+                            self._tap(port.name, data)
                     continue
-            sstats.floods += 1
-            bstats.floods += 1
-            for port in list(self._ports.values()):
-                if port is not src and self._deliver(port, data):
+            floods += 1
+            if others is None:
+                others = [p for p in self._ports.values() if p is not src]
+            for port in others:
+                if port._enqueue(data):
                     queued[port] = None
+                    if taps:
+                        self._tap(port.name, data)
+        sstats.rx_frames += good
+        sstats.rx_bytes += good_bytes
+        bstats.frames += good
+        sstats.floods += floods
+        bstats.floods += floods
         for port in queued:
             if not port.detached:
                 port._notify_owner()
 
-    def _deliver(self, port: BridgePort, data: bytes) -> bool:
-        if not port._enqueue(data):
-            return False
-        if self._taps:
-            for tap in self._taps:
-                if tap.port == port.name:
-                    tap.writer.write_frame(data)
-        return True
+    def _tap(self, port_name: str | None, data: bytes) -> None:
+        """Give ``data`` to the captures of ``port_name`` (None: whole-bridge ones)."""
+        for tap in self._taps:
+            if tap.port == port_name:
+                tap.writer.write_frame(data)
 
     # -- capture -----------------------------------------------------------------
 
