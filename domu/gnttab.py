@@ -60,6 +60,10 @@ class GrantTableClient:
             raise XenError(Errno.ENOSPC, f"setup_table failed with GNTST {res.status}")
         old = len(self._views) * ENTRIES_PER_FRAME
         self._views = [self.hc.memory.frame(m) for m in res.frames]
+        # the same frames as native u16 / u32 arrays (x86 is little-endian, like the
+        # entries): entry e has flags at u16[4e], domid at u16[4e + 1], frame at u32[2e + 1]
+        self._u16 = [v.cast("H") for v in self._views]
+        self._u32 = [v.cast("I") for v in self._views]
         new = len(self._views) * ENTRIES_PER_FRAME
         first = max(old, GNTTAB_NR_RESERVED_ENTRIES)
         self._free.extend(range(new - 1, first - 1, -1))
@@ -109,11 +113,43 @@ class GrantTableClient:
             self._setup(len(self._views) + 1)
         ref = self._free.pop()
         # write_entry, inlined (drivers grant a page per packet): flags last
-        view = self._views[ref >> _REF_SHIFT]
-        off = (ref & _REF_MASK) << 3
-        _DOMID_FRAME.pack_into(view, off + 2, domid, gfn)
-        _FLAGS.pack_into(view, off, _RO_ACCESS if readonly else GTF_permit_access)
+        page, e = ref >> _REF_SHIFT, ref & _REF_MASK
+        self._u32[page][(e << 1) | 1] = gfn
+        u16 = self._u16[page]
+        u16[(e << 2) | 1] = domid
+        u16[e << 2] = _RO_ACCESS if readonly else GTF_permit_access
         return ref  # type: ignore[return-value]  # a GrantRef (NewType of int)
+
+    def grant_access_many(self, domid: DomId | int, gfns: list[Gfn], readonly: bool = False,
+                          ) -> list[GrantRef]:
+        """:meth:`grant_access` for each page of ``gfns`` (a driver refilling a ring).
+
+        Raises:
+            XenError: ENOSPC when the table cannot grow any more (nothing is
+                left granted).
+        """
+        out: list[GrantRef] = []
+        if len(self._free) < len(gfns):  # the slow way: grows the table as needed
+            try:
+                for gfn in gfns:
+                    out.append(self.grant_access(domid, gfn, readonly))
+            except (XenError, ValueError):
+                self.end_foreign_access_many(out)  # never used: cannot be in use
+                raise
+            return out
+        if not all(0 <= gfn <= 0xFFFFFFFF for gfn in gfns):
+            raise ValueError("gfn does not fit a v1 grant entry")
+        flags = _RO_ACCESS if readonly else GTF_permit_access
+        free, u16s, u32s = self._free, self._u16, self._u32
+        for gfn in gfns:
+            ref = free.pop()
+            page, e = ref >> _REF_SHIFT, ref & _REF_MASK
+            u32s[page][(e << 1) | 1] = gfn
+            u16 = u16s[page]
+            u16[(e << 2) | 1] = domid
+            u16[e << 2] = flags
+            out.append(ref)  # type: ignore[arg-type]
+        return out
 
     def query_foreign_access(self, ref: GrantRef | int) -> bool:
         """True while the grantee maps or copies the page."""
@@ -131,11 +167,28 @@ class GrantTableClient:
     def end_foreign_access(self, ref: GrantRef | int) -> bool:
         """End access and free ``ref``; False (ref kept) while still mapped."""
         # end_foreign_access_ref, inlined (drivers end a grant per packet)
-        view = self._views[ref >> _REF_SHIFT]
-        off = (ref & _REF_MASK) << 3
-        (flags,) = _FLAGS.unpack_from(view, off)
-        if flags & _IN_USE:
+        u16 = self._u16[ref >> _REF_SHIFT]
+        i = (ref & _REF_MASK) << 2
+        if u16[i] & _IN_USE:
             return False
-        _FLAGS.pack_into(view, off, 0)  # single-threaded: the CAS cannot race
+        u16[i] = 0  # single-threaded: the CAS cannot race
         self._free.append(ref)
         return True
+
+    def end_foreign_access_many(self, refs: list[GrantRef]) -> list[GrantRef]:
+        """:meth:`end_foreign_access` for each of ``refs`` (a driver retiring a batch).
+
+        Returns:
+            The refs still in use by the grantee (kept, not freed), in order.
+        """
+        kept: list[GrantRef] = []
+        u16s, free = self._u16, self._free
+        for ref in refs:
+            u16 = u16s[ref >> _REF_SHIFT]
+            i = (ref & _REF_MASK) << 2
+            if u16[i] & _IN_USE:
+                kept.append(ref)
+                continue
+            u16[i] = 0
+            free.append(ref)
+        return kept

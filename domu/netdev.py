@@ -212,7 +212,8 @@ class NetDevice:
         if not ETH_HLEN <= len(data) <= limit:
             raise ValueError(f"{self.name}: frame of {len(data)} bytes "
                              f"(expected {ETH_HLEN}..{limit})")
-        await self.wait_carrier()
+        if not (self._carrier and self._admin_up and self.broken is None and not self.closed):
+            await self.wait_carrier()
         await self._xmit(data)
 
     # -- receive -------------------------------------------------------------------------

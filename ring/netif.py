@@ -21,7 +21,8 @@ are decoded as the normal record and reinterpreted with ``as_extra_info()``
 **Batch helpers** (end of the module): the drivers move up to a ring of
 slots per pass, so :func:`back_get_requests` / :func:`front_copy_responses`
 copy a run of slots out of the page in one piece and unpack it into plain
-tuples, and :func:`back_put_responses` / :func:`front_put_requests` pack
+tuples, and :func:`back_put_responses` / :func:`front_put_requests`
+(:func:`front_put_request` for one) pack
 tuples straight into the slots - same indices and overflow checks as
 ``ring.sring``'s ``BackRing`` / ``FrontRing``, without a record per slot.
 :func:`tx_request` / :func:`tx_response` / :func:`rx_response` turn such a
@@ -522,6 +523,24 @@ def front_put_requests(ring: FrontRing[Any, Any], slot: struct.Struct,
         pack(page, _HDR + (i & mask) * step, *r)
         i += 1
     ring.req_prod_pvt = i & _M
+
+
+def front_put_request(ring: FrontRing[Any, Any], slot: struct.Struct,
+                      req: tuple[int, ...]) -> None:
+    """``FrontRing.put_request`` from a raw tuple (the one-request form of
+    :func:`front_put_requests`).
+
+    Raises:
+        RingFullError: no free slot (our bug); nothing written.
+    """
+    s = ring.sring
+    i = ring.req_prod_pvt
+    if s.nr_ents - ((i - ring.rsp_cons) & _M) <= 0:
+        raise RingFullError("front ring is full")
+    if slot.size != s.slot_size or len(s.pages) != 1:
+        _one_page(ring, slot)  # raises the precise ValueError
+    slot.pack_into(s.pages[0], _HDR + (i & (s.nr_ents - 1)) * s.slot_size, *req)
+    ring.req_prod_pvt = (i + 1) & _M
 
 
 def front_copy_responses(ring: FrontRing[Any, Any], slot: struct.Struct, first: int,

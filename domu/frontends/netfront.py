@@ -98,6 +98,7 @@ from ring.netif import (
     RxReqTuple,
     TxReqTuple,
     front_copy_responses,
+    front_put_request,
     front_put_requests,
     rx_response,
     tx_response,
@@ -270,13 +271,26 @@ class NetFront(Frontend):
 
     def _end(self, buf: _Buf, pool: list[tuple[Gfn, memoryview]]) -> None:
         """End a buffer grant; recycle its page, or defer both if the backend maps it."""
-        ref, gfn, view = buf
-        if self.grants.end_foreign_access(ref):
-            pool.append((gfn, view))
+        self._end_many([buf], pool)
+
+    def _end_many(self, bufs: list[_Buf], pool: list[tuple[Gfn, memoryview]]) -> None:
+        """End the grants of retired buffers and recycle their pages; a grant the
+        backend still maps (it should only copy) keeps its ref and page, in
+        ``pending_grants``, never reused."""
+        if not bufs:
             return
-        self.pending_grants.append((ref, gfn))
-        _log.warning("%s: grant %d still in use by the backend; page not reused",
-                     self.dev.path, ref)
+        kept = self.grants.end_foreign_access_many([b[0] for b in bufs])
+        if not kept:
+            pool.extend([(gfn, view) for _, gfn, view in bufs])
+            return
+        held = set(kept)
+        for ref, gfn, view in bufs:
+            if ref not in held:
+                pool.append((gfn, view))
+                continue
+            self.pending_grants.append((ref, gfn))
+            _log.warning("%s: grant %d still in use by the backend; page not reused",
+                         self.dev.path, ref)
         if len(self.pending_grants) > MAX_PENDING_GRANTS:
             self._set_broken("backend keeps too many grants mapped")
 
@@ -288,17 +302,18 @@ class NetFront(Frontend):
         want = min(self.rx_target, rx.size) - ((rx.req_prod_pvt - rx.rsp_cons) & _M)
         if want <= 0:
             return
-        reqs: list[RxReqTuple] = []
-        backend = self.dev.backend_id
-        grant = self.grants.grant_access
         pool = self._rx_pages
+        while len(pool) < want:
+            pool.append(self.alloc_page())
+        pages = pool[-want:]
+        refs = self.grants.grant_access_many(self.dev.backend_id, [gfn for gfn, _ in pages])
+        del pool[-want:]
         posted = self._rx_posted
         mask = rx.size - 1
         i = rx.req_prod_pvt
-        for _ in range(want):
+        reqs: list[RxReqTuple] = []
+        for ref, (gfn, view) in zip(refs, pages):
             k = i & mask
-            gfn, view = pool.pop() if pool else self.alloc_page()
-            ref = grant(backend, gfn)
             posted[k] = (ref, gfn, view)
             reqs.append((k, ref))
             i += 1
@@ -334,9 +349,22 @@ class NetFront(Frontend):
             await self._tx_lot.park()
         backend = self.dev.backend_id
         pool = self._tx_pages
+        stats = self.netdev.stats
+        stats.tx_packets += 1
+        stats.tx_bytes += n
+        if nslots == 1:  # the common case, without the chunking
+            gfn, view = pool.pop() if pool else self.alloc_page()
+            view[:n] = frame
+            ref = self.grants.grant_access(backend, gfn, readonly=True)
+            txid = self._tx_free_ids.pop()
+            self._tx_inflight[txid] = (ref, gfn, view)
+            front_put_request(tx, TX_REQ_SLOT, (ref, 0, 0, txid, n))
+            if tx.push_requests_and_check_notify():
+                self._notify()
+            return
         reqs: list[TxReqTuple] = []
         for s in range(nslots):
-            chunk = frame[s * XEN_PAGE_SIZE:(s + 1) * XEN_PAGE_SIZE] if nslots > 1 else frame
+            chunk = frame[s * XEN_PAGE_SIZE:(s + 1) * XEN_PAGE_SIZE]
             gfn, view = pool.pop() if pool else self.alloc_page()
             view[:len(chunk)] = chunk
             ref = self.grants.grant_access(backend, gfn, readonly=True)
@@ -346,9 +374,6 @@ class NetFront(Frontend):
             reqs.append((ref, 0, NETTXF_more_data if more else 0, txid,
                          n if s == 0 else len(chunk)))
         front_put_requests(tx, TX_REQ_SLOT, reqs)
-        stats = self.netdev.stats
-        stats.tx_packets += 1
-        stats.tx_bytes += n
         if tx.push_requests_and_check_notify():
             self._notify()
 
@@ -368,22 +393,27 @@ class NetFront(Frontend):
         stats = self.netdev.stats
         inflight = self._tx_inflight
         free_ids = self._tx_free_ids
+        done: list[_Buf] = []
         idx = cons
-        for rid, status in front_copy_responses(tx, TX_RSP_SLOT, cons, n):
-            if status not in _TX_OK_STATUS:
-                raise PeerProtocolError(f"tx response {tx_response((rid, status))}: bad status")
-            if not 0 <= rid < NET_TX_RING_SIZE:
-                raise PeerProtocolError(f"tx response id {rid} out of range")
-            buf = inflight[rid]
-            if buf is None:
-                raise PeerProtocolError(f"tx response for inactive request id {rid}")
-            inflight[rid] = None
-            idx += 1
+        try:
+            for rid, status in front_copy_responses(tx, TX_RSP_SLOT, cons, n):
+                if status not in _TX_OK_STATUS:
+                    raise PeerProtocolError(
+                        f"tx response {tx_response((rid, status))}: bad status")
+                if not 0 <= rid < NET_TX_RING_SIZE:
+                    raise PeerProtocolError(f"tx response id {rid} out of range")
+                buf = inflight[rid]
+                if buf is None:
+                    raise PeerProtocolError(f"tx response for inactive request id {rid}")
+                inflight[rid] = None
+                idx += 1
+                if status != NETIF_RSP_OKAY:
+                    stats.tx_errors += 1
+                free_ids.append(rid)
+                done.append(buf)
+        finally:
             tx.rsp_cons = idx & _M
-            if status != NETIF_RSP_OKAY:
-                stats.tx_errors += 1
-            free_ids.append(rid)
-            self._end(buf, self._tx_pages)
+            self._end_many(done, self._tx_pages)
         if self._tx_lot:
             self._tx_lot.unpark_all()
 
@@ -416,41 +446,44 @@ class NetFront(Frontend):
                 f"rx: {n} responses published but only {posted} buffers posted")
         mask = rx.size - 1
         posted_bufs = self._rx_posted
-        pool = self._rx_pages
         netdev = self.netdev
+        max_len = netdev.max_frame_len
+        done: list[_Buf] = []
         idx = cons
-        for fields in front_copy_responses(rx, RX_RSP_SLOT, cons, n):
-            k = idx & mask
-            buf = posted_bufs[k]
-            if buf is None:  # cannot happen while n <= posted; keep the invariant loud
-                raise PeerProtocolError(f"rx response in slot {k}, which is not posted")
-            rid, offset, flags, status = fields
-            if (not flags and rid == k and status >= 0 and offset + status <= XEN_PAGE_SIZE
-                    and not self._rx_extras and not self._rx_slots):
-                # the common case: a whole frame in one slot (the checks of
-                # _rx_data and _finish_frame for a one-slot chain, in one place)
-                data = bytes(buf[2][offset:offset + status])
+        try:
+            for fields in front_copy_responses(rx, RX_RSP_SLOT, cons, n):
+                k = idx & mask
+                buf = posted_bufs[k]
+                if buf is None:  # cannot happen while n <= posted; keep the invariant loud
+                    raise PeerProtocolError(f"rx response in slot {k}, which is not posted")
+                rid, offset, flags, status = fields
+                if (not flags and rid == k and status >= 0 and offset + status <= XEN_PAGE_SIZE
+                        and not self._rx_extras and not self._rx_slots):
+                    # the common case: a whole frame in one slot (the checks of
+                    # _rx_data and _finish_frame for a one-slot chain, in one place)
+                    data = bytes(buf[2][offset:offset + status])
+                    posted_bufs[k] = None
+                    idx += 1
+                    done.append(buf)
+                    if ETH_HLEN <= status <= max_len:
+                        netdev.deliver(data)
+                    else:
+                        netdev.stats.rx_length_errors += 1
+                        netdev.stats.rx_errors += 1
+                    continue
+                rsp = rx_response(fields)
+                if self._rx_extras:
+                    self._rx_extra(rsp)
+                else:
+                    self._rx_data(rsp, k, buf)
                 posted_bufs[k] = None
                 idx += 1
-                rx.rsp_cons = idx & _M
-                self._end(buf, pool)
-                if ETH_HLEN <= status <= netdev.max_frame_len:
-                    netdev.deliver(data)
-                else:
-                    netdev.stats.rx_length_errors += 1
-                    netdev.stats.rx_errors += 1
-                continue
-            rsp = rx_response(fields)
-            if self._rx_extras:
-                self._rx_extra(rsp)
-            else:
-                self._rx_data(rsp, k, buf)
-            posted_bufs[k] = None
-            idx += 1
+                done.append(buf)
+                if self._rx_data_done and not self._rx_extras:
+                    self._finish_frame()
+        finally:  # what was consumed is retired even when the backend broke the device
             rx.rsp_cons = idx & _M
-            self._end(buf, pool)
-            if self._rx_data_done and not self._rx_extras:
-                self._finish_frame()
+            self._end_many(done, self._rx_pages)
         self._alloc_rx_buffers()
         return n
 

@@ -573,3 +573,26 @@ def test_copy_matches_the_plain_per_element_algorithm() -> None:
         assert {r: (e.pin_r, e.pin_w) for r, e in a.grant_table.active.items()} == \
             {r: (e.pin_r, e.pin_w) for r, e in b.grant_table.active.items()}
     fast.check_invariants()
+
+
+def test_client_batch_grant_and_end_match_one_at_a_time(
+        hv: Hypervisor, dom0: HypercallInterface, guest: HypercallInterface,
+        client: GrantTableClient) -> None:
+    refs = client.grant_access_many(0, [1, 2, 3], readonly=True)
+    assert [raw_entry(guest, r) for r in refs] == [
+        (GTF_permit_access | GTF_readonly, 0, gfn) for gfn in (1, 2, 3)]
+    m = dom0.grant_map_one(guest.domid, refs[1], readonly=True)
+    assert client.end_foreign_access_many(refs) == [refs[1]]  # mapped: kept
+    assert [raw_entry(guest, r)[0] for r in refs] == [0, GTF_permit_access | GTF_readonly
+                                                      | GTF_reading, 0]
+    assert dom0.grant_unmap_one(m.handle) == GNTST_okay
+    assert client.end_foreign_access_many([refs[1]]) == []
+    # more pages than free refs: the table grows; a gfn that does not fit grants nothing
+    free = client.free_count
+    many = client.grant_access_many(0, list(range(free + 3)))
+    assert len(set(many)) == free + 3 and client.free_count == 512 - 3
+    with pytest.raises(ValueError):
+        client.grant_access_many(0, [1, 2**32])
+    assert client.free_count == 512 - 3
+    assert client.end_foreign_access_many(many) == []
+    hv.check_invariants()
