@@ -601,6 +601,11 @@ class GrantTables:
         me = caller.domid
         own_p2m = caller.p2m.get
         routes: dict[tuple[int, int, int], _CopyRoute] = {}
+        key: tuple[int, int, int] | None = None  # the route in the locals below is key's
+        rstatus: int = 0
+        kind = _COPY_GENERAL
+        sd = dd = caller
+        nr, active, u16s, u32s, gp2m, gdom = 0, {}, [], [], _no_p2m, 0
         try:
             for op in ops:
                 try:
@@ -613,15 +618,21 @@ class GrantTables:
                 if (n | s_off | d_off) < 0 or s_off + n > PAGE_SIZE or d_off + n > PAGE_SIZE:
                     append(GNTST_bad_copy_arg)
                     continue
-                # what the two sides' domains and flags allow, worked out once per batch
-                route = routes.get((s_dom, d_dom, flags))
-                if route is None:
-                    route = routes[(s_dom, d_dom, flags)] = self._copy_route(
-                        caller, s_dom, d_dom, flags)
-                if type(route) is int:
-                    append(route)
+                # what the two sides' domains and flags allow: worked out once per
+                # batch, and kept in locals while consecutive elements share it
+                if key is None or s_dom != key[0] or d_dom != key[1] or flags != key[2]:
+                    key = (s_dom, d_dom, flags)
+                    route = routes.get(key)
+                    if route is None:
+                        route = routes[key] = self._copy_route(caller, s_dom, d_dom, flags)
+                    if type(route) is int:
+                        rstatus = route
+                    else:
+                        rstatus = 0
+                        kind, sd, dd, nr, active, u16s, u32s, gp2m, gdom = route  # type: ignore[misc]
+                if rstatus:
+                    append(rstatus)
                     continue
-                kind, sd, dd, nr, active, u16s, u32s, gp2m, gdom = route  # type: ignore[misc]
                 if kind is _COPY_GENERAL:
                     append(self._copy_general(caller, sd, dd, op))
                     continue
