@@ -44,6 +44,7 @@ Worked example: a 1514-byte frame in one fragment, then with a GSO extra::
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -446,6 +447,22 @@ def _copy_slots(page: memoryview, slot: struct.Struct, nr_ents: int, first: int,
     return list(slot.iter_unpack(raw))
 
 
+def _write_slots(page: memoryview, slot: struct.Struct, nr_ents: int, first: int,
+                 records: Sequence[tuple[int, ...]]) -> None:
+    """Pack ``records`` into whole slots from free-running index ``first``: one
+    run of bytes, written in one piece (two when it wraps to slot 0)."""
+    n = len(records)
+    if n == 0:
+        return
+    size = slot.size
+    raw = b"".join(itertools.starmap(slot.pack, records))
+    k = first & (nr_ents - 1)
+    head = min(n, nr_ents - k)
+    page[_HDR + k * size:_HDR + (k + head) * size] = raw[:head * size]
+    if head < n:
+        page[_HDR:_HDR + (n - head) * size] = raw[head * size:]
+
+
 def back_get_requests(ring: BackRing[Any, Any], slot: struct.Struct,
                       limit: int) -> list[Any]:
     """``BackRing.get_requests`` returning raw tuples: read ``req_prod`` once,
@@ -495,14 +512,17 @@ def back_put_responses(ring: BackRing[Any, Any], slot: struct.Struct,
     if len(rsps) > room:
         raise RingUsageError("no consumed request left to answer")
     page = _one_page(ring, slot, whole_slot=False)
-    pack = slot.pack_into
     step = ring.sring.slot_size
-    mask = ring.sring.nr_ents - 1
     i = ring.rsp_prod_pvt
-    for r in rsps:
-        pack(page, _HDR + (i & mask) * step, *r)
-        i += 1
-    ring.rsp_prod_pvt = i & _M
+    if slot.size == step:  # whole slots: one run of bytes
+        _write_slots(page, slot, ring.sring.nr_ents, i, rsps)
+    else:
+        pack = slot.pack_into
+        mask = ring.sring.nr_ents - 1
+        for r in rsps:
+            pack(page, _HDR + (i & mask) * step, *r)
+            i += 1
+    ring.rsp_prod_pvt = (ring.rsp_prod_pvt + len(rsps)) & _M
 
 
 def front_put_requests(ring: FrontRing[Any, Any], slot: struct.Struct,
@@ -515,14 +535,8 @@ def front_put_requests(ring: FrontRing[Any, Any], slot: struct.Struct,
     if len(reqs) > ring.free_requests():
         raise RingFullError(f"{len(reqs)} requests, {ring.free_requests()} free slots")
     page = _one_page(ring, slot)
-    pack = slot.pack_into
-    step = ring.sring.slot_size
-    mask = ring.sring.nr_ents - 1
-    i = ring.req_prod_pvt
-    for r in reqs:
-        pack(page, _HDR + (i & mask) * step, *r)
-        i += 1
-    ring.req_prod_pvt = i & _M
+    _write_slots(page, slot, ring.sring.nr_ents, ring.req_prod_pvt, reqs)
+    ring.req_prod_pvt = (ring.req_prod_pvt + len(reqs)) & _M
 
 
 def front_put_request(ring: FrontRing[Any, Any], slot: struct.Struct,
