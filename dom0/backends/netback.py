@@ -787,13 +787,18 @@ class NetBack(Backend):
         rsps: list[RxRspTuple] = []
         ops: list[GntCopyOp] = []
         op_rsp: list[int] = []
+        failed = False
 
         def flush() -> None:
+            nonlocal failed
             if ops:
-                for st, k in zip(self.hc.grant_copy(ops), op_rsp):
-                    if st != GNTST_okay:
-                        rid, offset, flags, _ = rsps[k]
-                        rsps[k] = (rid, offset, flags, NETIF_RSP_ERROR)
+                statuses = self.hc.grant_copy(ops)
+                if any(statuses):
+                    failed = True
+                    for st, k in zip(statuses, op_rsp):
+                        if st != GNTST_okay:
+                            rid, offset, flags, _ = rsps[k]
+                            rsps[k] = (rid, offset, flags, NETIF_RSP_ERROR)
             ops.clear()
             op_rsp.clear()
 
@@ -825,6 +830,10 @@ class NetBack(Backend):
                 rsps.append((rid, 0, NETRXF_more_data if pos + n < size else 0, n))
         flush()
         stats = self.stats
+        if not failed:
+            stats.rx_packets += len(frames)
+            stats.rx_bytes += sum(map(len, frames))
+            frames = []  # counted
         k = 0
         for frame in frames:
             size = len(frame)
@@ -883,6 +892,11 @@ class NetBack(Backend):
         taken: list[bytes] = []
         nslots = 0
         avail = ring.unconsumed_requests()
+        head = port.peek_many(min(avail, RX_BATCH_FRAMES))
+        if head and max(map(len, head)) <= XEN_PAGE_SIZE:  # one slot each: take them all
+            taken = port.take(len(head))
+            nslots = len(taken)
+            avail -= nslots
         while len(taken) < RX_BATCH_FRAMES:
             frame = port.peek_nowait()
             if frame is None:

@@ -53,6 +53,7 @@ frame, once, as it enters) to a pcap file through a bounded
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -220,6 +221,23 @@ class BridgePort:
             The frame, or None if the queue is empty.
         """
         return self._queue[0] if self._queue else None
+
+    def peek_many(self, n: int) -> list[bytes]:
+        """Up to ``n`` frames from the head of the queue, without taking them."""
+        return list(itertools.islice(self._queue, max(n, 0)))
+
+    def take(self, n: int) -> list[bytes]:
+        """Take ``n`` frames off the head of the queue (``n`` <= :attr:`queued_frames`).
+
+        Raises:
+            ValueError: fewer than ``n`` frames are queued (the caller's bug).
+        """
+        q = self._queue
+        if not 0 <= n <= len(q):
+            raise ValueError(f"take({n}) with {len(q)} frames queued")
+        out = [q.popleft() for _ in range(n)]
+        self._queued_bytes -= sum(map(len, out))
+        return out
 
     def receive_nowait(self) -> bytes:
         """Take the next frame.

@@ -86,3 +86,18 @@ def test_notify_once_per_batch_and_only_when_something_was_queued() -> None:
     br.transmit_many("vif1.0", [b"short"] * 3)  # all invalid
     br.transmit_many("vif1.0", [])
     assert kicks == [] and p1.stats.rx_dropped == 3
+
+
+def test_peek_many_and_take_keep_the_queue_and_its_bytes_consistent() -> None:
+    import pytest
+
+    br, (_p1, p2, _p3) = bridge([], [0.0])
+    fs = [mac(9) + mac(1) + b"\x08\x00" + bytes([k]) * (46 + k) for k in range(6)]
+    br.transmit_many("vif1.0", fs)
+    assert p2.peek_many(4) == fs[:4] and p2.peek_many(100) == fs and p2.peek_many(-1) == []
+    assert p2.queued_frames == 6  # peeking takes nothing
+    assert p2.take(2) == fs[:2]
+    assert p2.queued_frames == 4 and p2.queued_bytes == sum(map(len, fs[2:]))
+    with pytest.raises(ValueError):
+        p2.take(5)
+    assert p2.take(4) == fs[2:] and p2.queued_bytes == 0 and p2.take(0) == []
