@@ -165,7 +165,7 @@ class NetFront(Frontend):
                  events: EventDispatcher, grants: GrantTableClient,
                  pages: PageAllocator) -> None:
         super().__init__(dev, xs, hc, events, grants, pages)
-        self.netdev = NetDevice(f"eth{dev.devid}", self._xmit)
+        self.netdev = NetDevice(f"eth{dev.devid}", self._xmit, try_xmit=self._try_xmit)
         self.backend_features: dict[str, bool] = {}
         self.notifications_sent = 0
         self.events_seen = 0
@@ -328,6 +328,40 @@ class NetFront(Frontend):
 
     # -- transmit --------------------------------------------------------------------------
 
+    def _try_xmit(self, frame: bytes) -> bool:
+        """``xennet_start_xmit`` when the ring has room: put one frame on the tx ring.
+
+        NetDevice calls this only while the device is usable.
+
+        Returns:
+            False (nothing done) when the ring or the id pool is full: then
+            :meth:`_xmit` waits for room.
+
+        Raises:
+            ValueError: the frame needs several pages but the backend has no sg.
+        """
+        n = len(frame)
+        if n > XEN_PAGE_SIZE:
+            return self._put_frame(frame, n)
+        tx = self._tx
+        free_ids = self._tx_free_ids
+        if tx is None or not free_ids or tx.free_requests() < 1:
+            return False
+        # one slot (the common case): one page, one grant, one request
+        pool = self._tx_pages
+        gfn, view = pool.pop() if pool else self.alloc_page()
+        view[:n] = frame
+        ref = self.grants.grant_access(self.dev.backend_id, gfn, readonly=True)
+        txid = free_ids.pop()
+        self._tx_inflight[txid] = (ref, gfn, view)
+        front_put_request(tx, TX_REQ_SLOT, (ref, 0, 0, txid, n))
+        stats = self.netdev.stats
+        stats.tx_packets += 1
+        stats.tx_bytes += n
+        if tx.push_requests_and_check_notify():
+            self._notify()
+        return True
+
     async def _xmit(self, frame: bytes) -> None:
         """``xennet_start_xmit``: put one frame on the tx ring (waits for room).
 
@@ -335,33 +369,25 @@ class NetFront(Frontend):
             ValueError: the frame needs several pages but the backend has no sg.
             NetDeviceError: the device broke, closed or went down.
         """
-        n = len(frame)
-        nslots = (n + XEN_PAGE_SIZE - 1) // XEN_PAGE_SIZE
-        if nslots > 1 and not self._sg:
-            raise ValueError(f"{n}-byte frame needs {nslots} slots; backend lacks feature-sg")
         while True:
             self.netdev.check()
-            tx = self._tx
-            if tx is None:
+            if self._tx is None:
                 raise NetDeviceClosed(f"{self.netdev.name}: device not connected")
-            if tx.free_requests() >= nslots and len(self._tx_free_ids) >= nslots:
-                break
+            if self._try_xmit(frame):
+                return
             await self._tx_lot.park()
+
+    def _put_frame(self, frame: bytes, n: int) -> bool:
+        """A frame of several slots: each page-sized fragment copied into its own
+        page granted read-only; the first slot's size is the whole frame."""
+        nslots = (n + XEN_PAGE_SIZE - 1) // XEN_PAGE_SIZE
+        if not self._sg:
+            raise ValueError(f"{n}-byte frame needs {nslots} slots; backend lacks feature-sg")
+        tx = self._tx
+        if tx is None or tx.free_requests() < nslots or len(self._tx_free_ids) < nslots:
+            return False
         backend = self.dev.backend_id
         pool = self._tx_pages
-        stats = self.netdev.stats
-        stats.tx_packets += 1
-        stats.tx_bytes += n
-        if nslots == 1:  # the common case, without the chunking
-            gfn, view = pool.pop() if pool else self.alloc_page()
-            view[:n] = frame
-            ref = self.grants.grant_access(backend, gfn, readonly=True)
-            txid = self._tx_free_ids.pop()
-            self._tx_inflight[txid] = (ref, gfn, view)
-            front_put_request(tx, TX_REQ_SLOT, (ref, 0, 0, txid, n))
-            if tx.push_requests_and_check_notify():
-                self._notify()
-            return
         reqs: list[TxReqTuple] = []
         for s in range(nslots):
             chunk = frame[s * XEN_PAGE_SIZE:(s + 1) * XEN_PAGE_SIZE]
@@ -374,8 +400,12 @@ class NetFront(Frontend):
             reqs.append((ref, 0, NETTXF_more_data if more else 0, txid,
                          n if s == 0 else len(chunk)))
         front_put_requests(tx, TX_REQ_SLOT, reqs)
+        stats = self.netdev.stats
+        stats.tx_packets += 1
+        stats.tx_bytes += n
         if tx.push_requests_and_check_notify():
             self._notify()
+        return True
 
     def _tx_buf_gc(self) -> None:
         """``xennet_tx_buf_gc``: retire answered tx slots (validating each response)."""
