@@ -137,7 +137,7 @@ class GrantTableClient:
                 self.end_foreign_access_many(out)  # never used: cannot be in use
                 raise
             return out
-        if not all(0 <= gfn <= 0xFFFFFFFF for gfn in gfns):
+        if gfns and (min(gfns) < 0 or max(gfns) > 0xFFFFFFFF):
             raise ValueError("gfn does not fit a v1 grant entry")
         flags = _RO_ACCESS if readonly else GTF_permit_access
         free, u16s, u32s = self._free, self._u16, self._u32

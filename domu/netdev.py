@@ -213,10 +213,11 @@ class NetDevice:
                 cannot carry it (also while waiting).
         """
         data = bytes(frame)
-        limit = self.max_frame_len if data[12:14] == b"\x81\x00" else self.mtu + ETH_HLEN
-        if not ETH_HLEN <= len(data) <= limit:
-            raise ValueError(f"{self.name}: frame of {len(data)} bytes "
-                             f"(expected {ETH_HLEN}..{limit})")
+        if not ETH_HLEN <= len(data) <= self.mtu + ETH_HLEN:  # else only a tagged frame fits
+            limit = self.max_frame_len if data[12:14] == b"\x81\x00" else self.mtu + ETH_HLEN
+            if not ETH_HLEN <= len(data) <= limit:
+                raise ValueError(f"{self.name}: frame of {len(data)} bytes "
+                                 f"(expected {ETH_HLEN}..{limit})")
         if self._carrier and self._admin_up and self.broken is None and not self.closed:
             if self._try_xmit is not None and self._try_xmit(data):
                 return  # the common case: room on the ring, nothing to wait for

@@ -22,7 +22,7 @@ are decoded as the normal record and reinterpreted with ``as_extra_info()``
 slots per pass, so :func:`back_get_requests` / :func:`front_copy_responses`
 copy a run of slots out of the page in one piece and unpack it into plain
 tuples, and :func:`back_put_responses` / :func:`front_put_requests`
-(:func:`front_put_request` for one) pack
+(:class:`FrontRequestWriter` for one at a time) pack
 tuples straight into the slots - same indices and overflow checks as
 ``ring.sring``'s ``BackRing`` / ``FrontRing``, without a record per slot.
 :func:`tx_request` / :func:`tx_response` / :func:`rx_response` turn such a
@@ -539,22 +539,41 @@ def front_put_requests(ring: FrontRing[Any, Any], slot: struct.Struct,
     ring.req_prod_pvt = (ring.req_prod_pvt + len(reqs)) & _M
 
 
-def front_put_request(ring: FrontRing[Any, Any], slot: struct.Struct,
-                      req: tuple[int, ...]) -> None:
-    """``FrontRing.put_request`` from a raw tuple (the one-request form of
-    :func:`front_put_requests`).
+class FrontRequestWriter:
+    """``FrontRing.put_request`` from a raw tuple, for a driver that puts one
+    request at a time (netfront's transmit): the ring's layout is checked once,
+    here, instead of on every request.
+
+    Args:
+        ring: a frontend ring over one page (ours).
+        slot: the request layout; it must fill a whole slot.
 
     Raises:
-        RingFullError: no free slot (our bug); nothing written.
+        ValueError: not a one-page ring, or a layout for another slot size.
     """
-    s = ring.sring
-    i = ring.req_prod_pvt
-    if s.nr_ents - ((i - ring.rsp_cons) & _M) <= 0:
-        raise RingFullError("front ring is full")
-    if slot.size != s.slot_size or len(s.pages) != 1:
-        _one_page(ring, slot)  # raises the precise ValueError
-    slot.pack_into(s.pages[0], _HDR + (i & (s.nr_ents - 1)) * s.slot_size, *req)
-    ring.req_prod_pvt = (i + 1) & _M
+
+    __slots__ = ("_mask", "_nr", "_pack", "_page", "_step", "ring")
+
+    def __init__(self, ring: FrontRing[Any, Any], slot: struct.Struct) -> None:
+        self.ring = ring
+        self._page = _one_page(ring, slot)
+        self._pack = slot.pack_into
+        self._step = slot.size
+        self._nr = ring.sring.nr_ents
+        self._mask = self._nr - 1
+
+    def put(self, req: tuple[int, ...]) -> None:
+        """Write one request at ``req_prod_pvt`` and advance it (not yet pushed).
+
+        Raises:
+            RingFullError: no free slot (our bug); nothing written.
+        """
+        ring = self.ring
+        i = ring.req_prod_pvt
+        if ((i - ring.rsp_cons) & _M) >= self._nr:
+            raise RingFullError("front ring is full")
+        self._pack(self._page, _HDR + (i & self._mask) * self._step, *req)
+        ring.req_prod_pvt = (i + 1) & _M
 
 
 def front_copy_responses(ring: FrontRing[Any, Any], slot: struct.Struct, first: int,

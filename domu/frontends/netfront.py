@@ -62,6 +62,7 @@ Worked example (MTU 9000, one 9014-byte frame)::
 from __future__ import annotations
 
 import logging
+import operator
 from typing import Any
 
 import trio
@@ -89,6 +90,7 @@ from ring.netif import (
     XEN_NETIF_EXTRA_TYPE_MAX,
     XEN_NETIF_NR_SLOTS_MIN,
     XEN_PAGE_SIZE,
+    FrontRequestWriter,
     NetifRxRequest,
     NetifRxResponse,
     NetifTxResponse,
@@ -98,7 +100,6 @@ from ring.netif import (
     RxReqTuple,
     TxReqTuple,
     front_copy_responses,
-    front_put_request,
     front_put_requests,
     rx_response,
     tx_response,
@@ -121,6 +122,9 @@ _TX_OK_STATUS = frozenset((NETIF_RSP_OKAY, NETIF_RSP_ERROR, NETIF_RSP_DROPPED))
 
 _Buf = tuple[GrantRef, Gfn, memoryview]
 """A buffer page in flight: ``(grant ref, gfn, view)``."""
+_BUF_REF = operator.itemgetter(0)  # _Buf -> its grant ref
+_BUF_PAGE = operator.itemgetter(1, 2)  # _Buf -> (gfn, view), a pool entry
+_PAGE_GFN = operator.itemgetter(0)  # pool entry -> gfn
 
 
 def parse_mac(raw: bytes | None) -> bytes:
@@ -171,6 +175,7 @@ class NetFront(Frontend):
         self.events_seen = 0
         self.connected = False
         self._tx: FrontRing[Any, NetifTxResponse] | None = None
+        self._tx_writer: FrontRequestWriter | None = None  # set with _tx
         self._rx: FrontRing[NetifRxRequest, NetifRxResponse] | None = None
         self._port: Port | None = None
         self._waiter: PortWaiter | None = None
@@ -218,6 +223,7 @@ class NetFront(Frontend):
         tx_gfn, tx_view = self.alloc_page()
         rx_gfn, rx_view = self.alloc_page()
         self._tx = FrontRing.init([tx_view], NETIF_TX_CODEC)
+        self._tx_writer = FrontRequestWriter(self._tx, TX_REQ_SLOT)
         self._rx = FrontRing.init([rx_view], NETIF_RX_CODEC)
         tx_ref = self.grant(tx_gfn)
         rx_ref = self.grant(rx_gfn)
@@ -265,6 +271,7 @@ class NetFront(Frontend):
         self._tx_pages = []
         self._rx_pages = []
         self._tx = self._rx = None
+        self._tx_writer = None
         await super().disconnect()
 
     # -- buffers --------------------------------------------------------------------------
@@ -279,9 +286,9 @@ class NetFront(Frontend):
         ``pending_grants``, never reused."""
         if not bufs:
             return
-        kept = self.grants.end_foreign_access_many([b[0] for b in bufs])
+        kept = self.grants.end_foreign_access_many(list(map(_BUF_REF, bufs)))
         if not kept:
-            pool.extend([(gfn, view) for _, gfn, view in bufs])
+            pool.extend(map(_BUF_PAGE, bufs))
             return
         held = set(kept)
         for ref, gfn, view in bufs:
@@ -306,7 +313,7 @@ class NetFront(Frontend):
         while len(pool) < want:
             pool.append(self.alloc_page())
         pages = pool[-want:]
-        refs = self.grants.grant_access_many(self.dev.backend_id, [gfn for gfn, _ in pages])
+        refs = self.grants.grant_access_many(self.dev.backend_id, list(map(_PAGE_GFN, pages)))
         del pool[-want:]
         posted = self._rx_posted
         mask = rx.size - 1
@@ -354,7 +361,7 @@ class NetFront(Frontend):
         ref = self.grants.grant_access(self.dev.backend_id, gfn, readonly=True)
         txid = free_ids.pop()
         self._tx_inflight[txid] = (ref, gfn, view)
-        front_put_request(tx, TX_REQ_SLOT, (ref, 0, 0, txid, n))
+        self._tx_writer.put((ref, 0, 0, txid, n))  # type: ignore[union-attr]  # set with tx
         stats = self.netdev.stats
         stats.tx_packets += 1
         stats.tx_bytes += n

@@ -21,6 +21,7 @@ from ring.netif import (
     TX_REQ_SLOT,
     TX_RSP,
     TX_RSP_SLOT,
+    FrontRequestWriter,
     NetifRxRequest,
     NetifRxResponse,
     NetifTxRequest,
@@ -131,3 +132,18 @@ def test_misuse_raises_and_writes_nothing() -> None:
                          NETIF_TX_CODEC)
     with pytest.raises(ValueError, match="one-page"):
         front_put_requests(two, TX_REQ_SLOT, [])
+
+
+def test_request_writer_matches_put_request_and_refuses_a_full_ring() -> None:
+    f1, _, p1 = pair(NETIF_TX_CODEC)
+    f2, _, p2 = pair(NETIF_TX_CODEC)
+    w = FrontRequestWriter(f2, TX_REQ_SLOT)
+    for k in range(256):  # START is near 2**32: the index wraps on the way
+        f1.put_request(NetifTxRequest(8 + k, k, 0, k, 60 + k))
+        w.put((8 + k, k, 0, k, 60 + k))
+    assert bytes(p1) == bytes(p2) and f1.req_prod_pvt == f2.req_prod_pvt
+    with pytest.raises(RingFullError):
+        w.put((1, 0, 0, 0, 60))
+    assert f2.req_prod_pvt == f1.req_prod_pvt
+    with pytest.raises(ValueError, match="8-byte layout"):
+        FrontRequestWriter(f2, RX_REQ_SLOT)
