@@ -26,9 +26,11 @@ respect to other tasks):
    never reads costs the bridge at most its queue and slows nobody.
 
 Frames come in batches (:meth:`Bridge.transmit_many`; netback hands over a
-whole tx pass): every frame still takes steps 1-4 on its own, in order; the
-batch shares one clock reading, and each egress port's owner is notified
-once, after the batch, if it got frames.
+whole tx pass): every frame still takes steps 1-3 on its own, in order; step
+4 then runs per egress port over its frames in order (the same outcome: only
+this batch touches a port's queue meanwhile); the batch shares one clock
+reading, and each egress port's owner is notified once, after the batch, if
+it got frames.
 
 Ageing is lazy (no timer per entry): an entry is expired when
 ``updated + ageing_time <= now`` (Linux ``has_expired``); lookups ignore and
@@ -186,23 +188,36 @@ class BridgePort:
         """Bytes waiting for the owner."""
         return self._queued_bytes
 
-    def _enqueue(self, frame: bytes) -> bool:
-        """Bridge side: queue a frame if the bounds allow. Never blocks.
+    def _enqueue_many(self, frames: list[bytes]) -> list[bytes]:
+        """Bridge side: queue frames, in order, each if the bounds allow then.
+        Never blocks. Returns the frames queued.
 
         The owner's ``notify`` is not called here: the bridge calls
         :meth:`_notify_owner` once per egress port at the end of a batch.
         """
-        n = len(frame)
-        if len(self._queue) >= self.max_frames or self._queued_bytes + n > self.max_bytes:
-            self.stats.tx_dropped += 1
-            return False
-        self._queue.append(frame)
-        self._queued_bytes += n
-        self.stats.tx_frames += 1
-        self.stats.tx_bytes += n
-        if self._lot:
-            self._lot.unpark()
-        return True
+        q = self._queue
+        queued_bytes = self._queued_bytes
+        max_frames, max_bytes = self.max_frames, self.max_bytes
+        if len(q) + len(frames) <= max_frames and queued_bytes + sum(map(len, frames)) <= max_bytes:
+            taken = frames  # all of them fit: the common case
+            q.extend(frames)
+        else:
+            taken = []
+            for frame in frames:
+                if len(q) >= max_frames or queued_bytes + len(frame) > max_bytes:
+                    continue
+                q.append(frame)
+                queued_bytes += len(frame)
+                taken.append(frame)
+        nbytes = sum(map(len, taken))
+        self._queued_bytes = self._queued_bytes + nbytes
+        stats = self.stats
+        stats.tx_frames += len(taken)
+        stats.tx_bytes += nbytes
+        stats.tx_dropped += len(frames) - len(taken)
+        if taken and self._lot:
+            self._lot.unpark(count=len(taken))
+        return taken
 
     def _notify_owner(self) -> None:
         if self._notify is not None:
@@ -500,8 +515,8 @@ class Bridge:
         taps = self._taps
         fdb = self._fdb
         mtu_len = self.mtu + ETH_HLEN
-        queued: dict[BridgePort, None] = {}  # egress ports that got frames, in order
-        others: list[BridgePort] | None = None  # flood targets (no port comes or goes here)
+        out: dict[BridgePort, list[bytes]] = {}  # frames for each egress port, in order
+        others: list[list[bytes]] | None = None  # out's lists of the flood targets
         learned: bytes | None = None
         good = good_bytes = floods = 0  # counters, added once at the end
         for frame in frames:
@@ -530,27 +545,32 @@ class Bridge:
             if not dst[0] & 1:
                 entry = fdb.get(dst)
                 if entry is not None and not self._expired(entry, now):
-                    port = entry.port
-                    if port is src:
+                    if entry.port is src:
                         bstats.filtered += 1
-                    elif port._enqueue(data):
-                        queued[port] = None
-                        if taps:
-                            self._tap(port.name, data)
+                    else:
+                        out.setdefault(entry.port, []).append(data)
                     continue
             floods += 1
-            if others is None:
-                others = [p for p in self._ports.values() if p is not src]
-            for port in others:
-                if port._enqueue(data):
-                    queued[port] = None
-                    if taps:
-                        self._tap(port.name, data)
+            if others is None:  # no port comes or goes during a batch
+                others = [out.setdefault(p, []) for p in self._ports.values() if p is not src]
+            for dest in others:
+                dest.append(data)
         sstats.rx_frames += good
         sstats.rx_bytes += good_bytes
         bstats.frames += good
         sstats.floods += floods
         bstats.floods += floods
+        # step 4 per egress port: its frames in order, each if its bounds allow then
+        queued = []
+        for port, batch in out.items():
+            if not batch:
+                continue
+            taken = port._enqueue_many(batch)
+            if taken:
+                queued.append(port)
+                if taps:
+                    for data in taken:
+                        self._tap(port.name, data)
         for port in queued:
             if not port.detached:
                 port._notify_owner()
