@@ -32,6 +32,11 @@ from hypervisor.types import DomId, Gfn, GrantRef
 
 _DOMID_FRAME = struct.Struct("<HI")
 _FLAGS = struct.Struct("<H")
+_REF_SHIFT = ENTRIES_PER_FRAME.bit_length() - 1  # ref >> 9: its table frame
+_REF_MASK = ENTRIES_PER_FRAME - 1
+assert 1 << _REF_SHIFT == ENTRIES_PER_FRAME
+_RO_ACCESS = GTF_permit_access | GTF_readonly
+_IN_USE = GTF_reading | GTF_writing
 
 
 class GrantTableClient:
@@ -55,6 +60,10 @@ class GrantTableClient:
             raise XenError(Errno.ENOSPC, f"setup_table failed with GNTST {res.status}")
         old = len(self._views) * ENTRIES_PER_FRAME
         self._views = [self.hc.memory.frame(m) for m in res.frames]
+        # the same frames as native u16 / u32 arrays (x86 is little-endian, like the
+        # entries): entry e has flags at u16[4e], domid at u16[4e + 1], frame at u32[2e + 1]
+        self._u16 = [v.cast("H") for v in self._views]
+        self._u32 = [v.cast("I") for v in self._views]
         new = len(self._views) * ENTRIES_PER_FRAME
         first = max(old, GNTTAB_NR_RESERVED_ENTRIES)
         self._free.extend(range(new - 1, first - 1, -1))
@@ -71,7 +80,7 @@ class GrantTableClient:
         return len(self._free)
 
     def _loc(self, ref: int) -> tuple[memoryview, int]:
-        return self._views[ref // ENTRIES_PER_FRAME], (ref % ENTRIES_PER_FRAME) * 8
+        return self._views[ref >> _REF_SHIFT], (ref & _REF_MASK) << 3
 
     def read_entry(self, ref: GrantRef | int) -> tuple[int, int, int]:
         """(flags, domid, frame) of own entry ``ref``."""
@@ -103,8 +112,44 @@ class GrantTableClient:
                 raise XenError(Errno.ENOSPC, "grant table full")
             self._setup(len(self._views) + 1)
         ref = self._free.pop()
-        self.write_entry(ref, domid, gfn, GTF_permit_access | (GTF_readonly if readonly else 0))
-        return GrantRef(ref)
+        # write_entry, inlined (drivers grant a page per packet): flags last
+        page, e = ref >> _REF_SHIFT, ref & _REF_MASK
+        self._u32[page][(e << 1) | 1] = gfn
+        u16 = self._u16[page]
+        u16[(e << 2) | 1] = domid
+        u16[e << 2] = _RO_ACCESS if readonly else GTF_permit_access
+        return ref  # type: ignore[return-value]  # a GrantRef (NewType of int)
+
+    def grant_access_many(self, domid: DomId | int, gfns: list[Gfn], readonly: bool = False,
+                          ) -> list[GrantRef]:
+        """:meth:`grant_access` for each page of ``gfns`` (a driver refilling a ring).
+
+        Raises:
+            XenError: ENOSPC when the table cannot grow any more (nothing is
+                left granted).
+        """
+        out: list[GrantRef] = []
+        if len(self._free) < len(gfns):  # the slow way: grows the table as needed
+            try:
+                for gfn in gfns:
+                    out.append(self.grant_access(domid, gfn, readonly))
+            except (XenError, ValueError):
+                self.end_foreign_access_many(out)  # never used: cannot be in use
+                raise
+            return out
+        if gfns and (min(gfns) < 0 or max(gfns) > 0xFFFFFFFF):
+            raise ValueError("gfn does not fit a v1 grant entry")
+        flags = _RO_ACCESS if readonly else GTF_permit_access
+        free, u16s, u32s = self._free, self._u16, self._u32
+        for gfn in gfns:
+            ref = free.pop()
+            page, e = ref >> _REF_SHIFT, ref & _REF_MASK
+            u32s[page][(e << 1) | 1] = gfn
+            u16 = u16s[page]
+            u16[(e << 2) | 1] = domid
+            u16[e << 2] = flags
+            out.append(ref)  # type: ignore[arg-type]
+        return out
 
     def query_foreign_access(self, ref: GrantRef | int) -> bool:
         """True while the grantee maps or copies the page."""
@@ -121,7 +166,29 @@ class GrantTableClient:
 
     def end_foreign_access(self, ref: GrantRef | int) -> bool:
         """End access and free ``ref``; False (ref kept) while still mapped."""
-        if not self.end_foreign_access_ref(ref):
+        # end_foreign_access_ref, inlined (drivers end a grant per packet)
+        u16 = self._u16[ref >> _REF_SHIFT]
+        i = (ref & _REF_MASK) << 2
+        if u16[i] & _IN_USE:
             return False
+        u16[i] = 0  # single-threaded: the CAS cannot race
         self._free.append(ref)
         return True
+
+    def end_foreign_access_many(self, refs: list[GrantRef]) -> list[GrantRef]:
+        """:meth:`end_foreign_access` for each of ``refs`` (a driver retiring a batch).
+
+        Returns:
+            The refs still in use by the grantee (kept, not freed), in order.
+        """
+        kept: list[GrantRef] = []
+        u16s, free = self._u16, self._free
+        for ref in refs:
+            u16 = u16s[ref >> _REF_SHIFT]
+            i = (ref & _REF_MASK) << 2
+            if u16[i] & _IN_USE:
+                kept.append(ref)
+                continue
+            u16[i] = 0
+            free.append(ref)
+        return kept

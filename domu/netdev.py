@@ -101,6 +101,9 @@ class NetDevice:
         xmit: the driver's transmit coroutine (waits for ring space, raises
             :class:`NetDeviceError`); ours.
         rx_queue_len: receive queue bound in frames; ours.
+        try_xmit: optionally, the driver's transmit without waiting: True if
+            it took the frame, False if it would have to wait (then
+            :meth:`send` awaits ``xmit``); ours.
 
     Attributes:
         mac: 6-byte MAC address (from the toolstack's ``mac`` key).
@@ -110,7 +113,8 @@ class NetDevice:
     """
 
     def __init__(self, name: str, xmit: Callable[[bytes], Awaitable[None]],
-                 rx_queue_len: int = DEFAULT_RX_QUEUE_LEN) -> None:
+                 rx_queue_len: int = DEFAULT_RX_QUEUE_LEN,
+                 try_xmit: Callable[[bytes], bool] | None = None) -> None:
         if rx_queue_len < 1:
             raise ValueError("rx_queue_len must be positive")
         self.name = name
@@ -120,6 +124,7 @@ class NetDevice:
         self.broken: str | None = None
         self.closed = False
         self._xmit = xmit
+        self._try_xmit = try_xmit
         self._queue: deque[bytes] = deque()
         self._queue_len = rx_queue_len
         self._admin_up = True
@@ -208,11 +213,16 @@ class NetDevice:
                 cannot carry it (also while waiting).
         """
         data = bytes(frame)
-        limit = self.max_frame_len if data[12:14] == b"\x81\x00" else self.mtu + ETH_HLEN
-        if not ETH_HLEN <= len(data) <= limit:
-            raise ValueError(f"{self.name}: frame of {len(data)} bytes "
-                             f"(expected {ETH_HLEN}..{limit})")
-        await self.wait_carrier()
+        if not ETH_HLEN <= len(data) <= self.mtu + ETH_HLEN:  # else only a tagged frame fits
+            limit = self.max_frame_len if data[12:14] == b"\x81\x00" else self.mtu + ETH_HLEN
+            if not ETH_HLEN <= len(data) <= limit:
+                raise ValueError(f"{self.name}: frame of {len(data)} bytes "
+                                 f"(expected {ETH_HLEN}..{limit})")
+        if self._carrier and self._admin_up and self.broken is None and not self.closed:
+            if self._try_xmit is not None and self._try_xmit(data):
+                return  # the common case: room on the ring, nothing to wait for
+        else:
+            await self.wait_carrier()
         await self._xmit(data)
 
     # -- receive -------------------------------------------------------------------------
@@ -259,9 +269,11 @@ class NetDevice:
             self.stats.rx_dropped += 1
             return False
         self._queue.append(frame)
-        self.stats.rx_packets += 1
-        self.stats.rx_bytes += len(frame)
-        self._rx_lot.unpark()
+        stats = self.stats
+        stats.rx_packets += 1
+        stats.rx_bytes += len(frame)
+        if self._rx_lot:
+            self._rx_lot.unpark()
         return True
 
     def set_carrier(self, on: bool) -> None:

@@ -66,7 +66,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hypervisor.errno import XenError
+from hypervisor.errno import Errno, XenError
 from hypervisor.types import DOMID_SELF, INVALID_MFN, PAGE_SHIFT, PAGE_SIZE, DomId, Mfn
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ if TYPE_CHECKING:
 
 GRANT_ENTRY_V1 = struct.Struct("<HHI")
 assert GRANT_ENTRY_V1.size == 8  # struct grant_entry_v1
+_FLAGS = struct.Struct("<H")  # grant_entry_v1.flags
 ENTRIES_PER_FRAME = PAGE_SIZE // GRANT_ENTRY_V1.size  # 512
 
 GNTTAB_NR_RESERVED_ENTRIES = 8
@@ -90,6 +91,7 @@ GTF_readonly = 0x4
 GTF_reading = 0x8
 GTF_writing = 0x10
 GTF_sub_page = 0x100
+_UNPIN = 0xFFFF & ~(GTF_reading | GTF_writing)
 
 GNTMAP_device_map = 1
 GNTMAP_host_map = 2
@@ -205,6 +207,23 @@ class GntCopy:
     len: int
     flags: int = 0
 
+    def flat(self) -> GntCopyOp:
+        """The same element as a :data:`GntCopyOp` tuple."""
+        s, d = self.source, self.dest
+        return (s.ref_or_gfn, s.domid, s.offset, d.ref_or_gfn, d.domid, d.offset,
+                self.len, self.flags)
+
+
+GntCopyOp = tuple[int, int, int, int, int, int, int, int]
+"""One ``gnttab_copy`` element as a flat tuple, in ``struct gnttab_copy``'s field order::
+
+    (source.u, source.domid, source.offset, dest.u, dest.domid, dest.offset, len, flags)
+
+``u`` is a grant ref when that side's ``GNTCOPY_*_gref`` flag is set, else one of
+the caller's own gfns (then ``domid`` must be ``DOMID_SELF``). The cheap form for
+drivers that build many copies per pass (netback); :class:`GntCopy` is the readable
+one. A batch may mix both."""
+
 
 @dataclass(frozen=True)
 class SetupTableResult:
@@ -254,6 +273,11 @@ class GrantTable:
         self.max_frames = max_frames
         self.frames: list[Mfn] = []
         self._views: list[memoryview] = []
+        # the same frames as native u16 / u32 arrays (hosts are little-endian, like
+        # the entries): entry e of a frame has flags at u16[4e], domid at u16[4e+1]
+        # and frame at u32[2e+1] - read and written without struct calls
+        self._u16: list[memoryview] = []
+        self._u32: list[memoryview] = []
         self.active: dict[int, ActiveEntry] = {}
 
     @property
@@ -272,24 +296,27 @@ class GrantTable:
             return
         new = self._machine.alloc(self.domid, need)
         self.frames.extend(new)
-        self._views.extend(self._machine.frame(m) for m in new)
+        views = [self._machine.frame(m) for m in new]
+        self._views.extend(views)
+        self._u16.extend(v.cast("H") for v in views)
+        self._u32.extend(v.cast("I") for v in views)
 
     def read_entry(self, ref: int) -> tuple[int, int, int]:
         """Copy entry ``ref`` out of the shared frame: (flags, domid, frame)."""
         return GRANT_ENTRY_V1.unpack_from(self._views[ref >> 9], (ref & 511) << 3)
 
     def _set_flag_bits(self, ref: int, set_bits: int, clear_bits: int) -> None:
-        view = self._views[ref >> 9]
-        off = (ref & 511) << 3
-        flags = int.from_bytes(view[off : off + 2], "little")
-        flags = (flags | set_bits) & ~clear_bits
-        view[off : off + 2] = flags.to_bytes(2, "little")
+        flags = self._u16[ref >> 9]
+        i = (ref & 511) << 2
+        flags[i] = (flags[i] | set_bits) & ~clear_bits & 0xFFFF
 
     def release_frames(self) -> list[Mfn]:
         """Forget every frame (domain final free) and return them."""
         out = self.frames
         self.frames = []
         self._views = []
+        self._u16 = []
+        self._u32 = []
         self.active.clear()
         return out
 
@@ -533,52 +560,204 @@ class GrantTables:
 
     # -- GNTTABOP_copy ----------------------------------------------------------------------------
 
-    def copy(self, caller: Domain, ops: Sequence[GntCopy]) -> list[int]:
-        """Copy a batch; one GNTST status per element (rules: xen-abi 3.3)."""
-        return _statuses(self._copy_one, caller, ops)
+    def copy(self, caller: Domain, ops: Sequence[GntCopy | GntCopyOp]) -> list[int]:
+        """Copy a batch; one GNTST status per element (rules: xen-abi 3.3).
 
-    def _copy_side(self, caller: Domain, ptr: GntCopyPtr, is_gref: bool,
-                   ) -> Domain:
-        if ptr.domid != DOMID_SELF and not is_gref:
-            raise GntError(GNTST_permission_denied)
-        d = self._domain(caller, ptr.domid)
-        if d is None or d.dying:
-            raise GntError(GNTST_bad_domain)
-        return d
+        Every element is checked on its own, in the order Xen checks it:
+        offsets and length, each side's domain (a frame-number side must be
+        ``DOMID_SELF``), then the source and the destination - a grant side
+        is validated against a fresh copy of the granter's entry (type,
+        grantee, read-only for a destination, the granted gfn populated and
+        owned by the granter), a frame side must be the caller's own
+        populated page. Grant sides are pinned (``GTF_reading``, plus
+        ``GTF_writing`` for a destination) while the bytes move and unpinned
+        before the next element, so a batch leaves no pins behind. A failed
+        element never stops the rest.
 
-    def _copy_one(self, caller: Domain, op: GntCopy) -> None:
-        src, dst, n = op.source, op.dest, op.len
-        if (n < 0 or src.offset < 0 or dst.offset < 0
-                or src.offset + n > PAGE_SIZE or dst.offset + n > PAGE_SIZE):
-            raise GntError(GNTST_bad_copy_arg)
-        s_gref = bool(op.flags & GNTCOPY_source_gref)
-        d_gref = bool(op.flags & GNTCOPY_dest_gref)
-        sd = self._copy_side(caller, src, s_gref)
-        dd = self._copy_side(caller, dst, d_gref)
+        The common element - one side a grant nobody has pinned, the other
+        the caller's own page (netback's tx and rx copies) - runs inline
+        here: its pin is taken and dropped around the copy without an
+        active-entry record, which nothing can observe (no other task runs
+        during a hypercall). Everything else (both sides grants, or a grant
+        that is already mapped) goes through the general pin/unpin path.
+
+        Args:
+            caller: the calling domain.
+            ops: :class:`GntCopy` records or :data:`GntCopyOp` tuples
+                (guest-controlled).
+
+        Returns:
+            One GNTST status per element.
+
+        Raises:
+            XenError: EFAULT for an element that is not a copy record (the C
+                call would fault reading it); elements before it were done.
+        """
+        out: list[int] = []
+        append = out.append
+        machine = self._machine
+        frame = machine.frame
+        owner = machine.owner
+        me = caller.domid
+        own_p2m = caller.p2m.get
+        routes: dict[tuple[int, int, int], _CopyRoute] = {}
+        key: tuple[int, int, int] | None = None  # the route in the locals below is key's
+        rstatus: int = 0
+        kind = _COPY_GENERAL
+        sd = dd = caller
+        nr, active, u16s, u32s, gp2m, gdom = 0, {}, [], [], _no_p2m, 0
+        try:
+            for op in ops:
+                try:
+                    s_u, s_dom, s_off, d_u, d_dom, d_off, n, flags = op  # type: ignore[misc]
+                except TypeError:  # a GntCopy record
+                    if not isinstance(op, GntCopy):
+                        raise
+                    op = op.flat()
+                    s_u, s_dom, s_off, d_u, d_dom, d_off, n, flags = op
+                if (n | s_off | d_off) < 0 or s_off + n > PAGE_SIZE or d_off + n > PAGE_SIZE:
+                    append(GNTST_bad_copy_arg)
+                    continue
+                # what the two sides' domains and flags allow: worked out once per
+                # batch, and kept in locals while consecutive elements share it
+                if key is None or s_dom != key[0] or d_dom != key[1] or flags != key[2]:
+                    key = (s_dom, d_dom, flags)
+                    route = routes.get(key)
+                    if route is None:
+                        route = routes[key] = self._copy_route(caller, s_dom, d_dom, flags)
+                    if type(route) is int:
+                        rstatus = route
+                    else:
+                        rstatus = 0
+                        kind, sd, dd, nr, active, u16s, u32s, gp2m, gdom = route  # type: ignore[misc]
+                if rstatus:
+                    append(rstatus)
+                    continue
+                if kind is _COPY_GENERAL:
+                    append(self._copy_general(caller, sd, dd, op))
+                    continue
+                if kind is _COPY_OWN:  # both sides the caller's own pages
+                    smfn = own_p2m(s_u)
+                    dmfn = own_p2m(d_u)
+                    if (smfn == INVALID_MFN or owner[smfn] != me
+                            or dmfn == INVALID_MFN or owner[dmfn] != me):
+                        append(GNTST_bad_page)
+                        continue
+                    frame(dmfn)[d_off:d_off + n] = frame(smfn)[s_off:s_off + n]
+                    append(GNTST_okay)
+                    continue
+                # one side a grant (ref), the other an own page: Xen checks the source first
+                writable = kind is _COPY_TO_GRANT
+                if writable:
+                    ref = d_u
+                    own_mfn = own_p2m(s_u)
+                    own_bad = own_mfn == INVALID_MFN or owner[own_mfn] != me
+                    if own_bad:
+                        append(GNTST_bad_page)
+                        continue
+                else:
+                    ref = s_u
+                    own_mfn = own_p2m(d_u)
+                    own_bad = own_mfn == INVALID_MFN or owner[own_mfn] != me
+                if not 0 <= ref < nr:
+                    append(GNTST_bad_gntref)
+                    continue
+                if ref in active:  # mapped too: pin counts matter
+                    append(self._copy_general(caller, sd, dd, op))
+                    continue
+                # the entry, read once: flags, domid, frame
+                page, e = ref >> 9, ref & 511
+                flags16 = u16s[page]
+                i = e << 2
+                e_flags = flags16[i]
+                if ((e_flags & GTF_type_mask) != GTF_permit_access or flags16[i + 1] != me
+                        or (writable and e_flags & GTF_readonly)):
+                    append(GNTST_general_error)
+                    continue
+                gmfn = gp2m(u32s[page][(e << 1) | 1])
+                if gmfn == INVALID_MFN or owner[gmfn] != gdom or own_bad:
+                    append(GNTST_bad_page)
+                    continue
+                if writable:
+                    flags16[i] = e_flags | GTF_reading | GTF_writing
+                    frame(gmfn)[d_off:d_off + n] = frame(own_mfn)[s_off:s_off + n]
+                else:
+                    flags16[i] = e_flags | GTF_reading
+                    frame(own_mfn)[d_off:d_off + n] = frame(gmfn)[s_off:s_off + n]
+                flags16[i] &= _UNPIN
+                append(GNTST_okay)
+        except (TypeError, ValueError, AttributeError):
+            raise XenError(Errno.EFAULT, "gnttab_copy: malformed element") from None
+        return out
+
+    def _copy_route(self, caller: Domain, s_dom: int, d_dom: int, flags: int) -> _CopyRoute:
+        """How :meth:`copy` handles elements with these domains and flags: a GNTST
+        error for all of them, or the path and what it needs (domains, and the
+        granter's table for a one-grant element)."""
+        s_gref = flags & GNTCOPY_source_gref
+        d_gref = flags & GNTCOPY_dest_gref
+        sides: list[Domain] = []
+        for dom, is_gref in ((s_dom, s_gref), (d_dom, d_gref)):
+            if dom != DOMID_SELF and not is_gref:
+                return GNTST_permission_denied
+            d = self._domain(caller, dom)
+            if d is None or d.dying:
+                return GNTST_bad_domain
+            sides.append(d)
+        sd, dd = sides
+        if s_gref and d_gref:
+            return (_COPY_GENERAL, sd, dd, 0, {}, [], [], _no_p2m, 0)
+        if not s_gref and not d_gref:
+            return (_COPY_OWN, sd, dd, 0, {}, [], [], _no_p2m, 0)
+        gd = sd if s_gref else dd
+        gt = gd.grant_table
+        return (_COPY_TO_GRANT if d_gref else _COPY_FROM_GRANT, sd, dd, gt.nr_entries,
+                gt.active, gt._u16, gt._u32, gd.p2m.get, gd.domid)
+
+    def _copy_general(self, caller: Domain, sd: Domain, dd: Domain, op: GntCopyOp) -> int:
+        """One element through the general pin path (both sides grants, or a
+        grant that is also mapped); sides and domains were checked by
+        :meth:`copy`."""
+        s_u, _, s_off, d_u, _, d_off, n, flags = op
         pinned: list[tuple[Domain, int, bool]] = []
         try:
-            if s_gref:
-                smfn = self._pin(caller, sd, src.ref_or_gfn, True).mfn
-                pinned.append((sd, src.ref_or_gfn, True))
+            if flags & GNTCOPY_source_gref:
+                smfn = self._pin(caller, sd, s_u, True).mfn
+                pinned.append((sd, s_u, True))
             else:
-                smfn = self._own_frame(caller, src.ref_or_gfn)
-            if d_gref:
-                dmfn = self._pin(caller, dd, dst.ref_or_gfn, False).mfn
-                pinned.append((dd, dst.ref_or_gfn, False))
+                smfn = self._own_frame(caller, s_u)
+            if flags & GNTCOPY_dest_gref:
+                dmfn = self._pin(caller, dd, d_u, False).mfn
+                pinned.append((dd, d_u, False))
             else:
-                dmfn = self._own_frame(caller, dst.ref_or_gfn)
+                dmfn = self._own_frame(caller, d_u)
             frame = self._machine.frame
-            data = bytes(frame(smfn)[src.offset : src.offset + n])
-            frame(dmfn)[dst.offset : dst.offset + n] = data
+            frame(dmfn)[d_off : d_off + n] = frame(smfn)[s_off : s_off + n]
+        except GntError as e:
+            return e.status
         finally:
             for d, ref, ro in reversed(pinned):
                 self._unpin(d, ref, ro)
+        return GNTST_okay
 
     def _own_frame(self, caller: Domain, gfn: int) -> Mfn:
         mfn = caller.p2m.get(gfn)
         if mfn == INVALID_MFN or self._machine.owner[mfn] != caller.domid:
             raise GntError(GNTST_bad_page)
         return Mfn(mfn)
+
+
+_COPY_GENERAL, _COPY_OWN, _COPY_FROM_GRANT, _COPY_TO_GRANT = (
+    "general", "own", "from-grant", "to-grant")
+_CopyRoute = int | tuple[str, "Domain", "Domain", int, dict[int, ActiveEntry],
+                         list[memoryview], list[memoryview], Callable[[int], int], int]
+"""A GNTST error for every element with these sides, or (path, source domain,
+destination domain, and for a one-grant path: the granter's nr_entries, active
+entries, entry views, p2m lookup and domid)."""
+
+
+def _no_p2m(gfn: int) -> int:
+    return INVALID_MFN
 
 
 def _statuses(fn: Callable[[Domain, Any], None], caller: Domain, ops: Sequence[Any]) -> list[int]:

@@ -427,8 +427,8 @@ class HypercallInterface:
         """Unmap one mapping by handle; its GNTST status."""
         return self.grant_unmap([gt.UnmapGrantRef(handle)])[0]
 
-    def grant_copy(self, ops: Sequence[gt.GntCopy]) -> list[int]:
-        """Hypervisor-mediated copies; one GNTST status each."""
+    def grant_copy(self, ops: Sequence[gt.GntCopy | gt.GntCopyOp]) -> list[int]:
+        """Hypervisor-mediated copies (records or flat tuples); one GNTST status each."""
         return self.call(HYPERVISOR_grant_table_op, gt.GNTTABOP_copy, list(ops))
 
     # -- memory -----------------------------------------------------------------------------------

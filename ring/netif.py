@@ -18,6 +18,16 @@ slot codec cannot know that from one slot, so tx requests and rx responses
 are decoded as the normal record and reinterpreted with ``as_extra_info()``
 (which works on the same private copy; nothing is re-read from the page).
 
+**Batch helpers** (end of the module): the drivers move up to a ring of
+slots per pass, so :func:`back_get_requests` / :func:`front_copy_responses`
+copy a run of slots out of the page in one piece and unpack it into plain
+tuples, and :func:`back_put_responses` / :func:`front_put_requests`
+(:class:`FrontRequestWriter` for one at a time) pack
+tuples straight into the slots - same indices and overflow checks as
+``ring.sring``'s ``BackRing`` / ``FrontRing``, without a record per slot.
+:func:`tx_request` / :func:`tx_response` / :func:`rx_response` turn such a
+tuple into the checked record when a driver needs one.
+
 **Decoders never raise**: every record decoded from peer bytes has ``error``
 (None when well formed). Checks that need packet context (fragment sizes,
 the 18-slot limit, the 65535-byte limit) belong to netback; see
@@ -34,8 +44,13 @@ Worked example: a 1514-byte frame in one fragment, then with a GSO extra::
 
 from __future__ import annotations
 
+import itertools
 import struct
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from ring.errors import RingFullError, RingOverflowError, RingUsageError
+from ring.sring import SRING_HEADER_SIZE, BackRing, FrontRing
 
 # --- constants (io/netif.h) ----------------------------------------------
 NETTXF_csum_blank = 1
@@ -230,6 +245,35 @@ class NetifRxResponse(NamedTuple):
         return decode_extra_info(_RX_RSP.pack(self.id, self.offset, self.flags, self.status))
 
 
+def tx_request(fields: tuple[int, int, int, int, int]) -> NetifTxRequest:
+    """The record for an unpacked tx slot ``(gref, offset, flags, id, size)``;
+    ``error`` set when ``offset >= 4096``. Never raises on peer data."""
+    gref, offset, flags, rid, size = fields
+    err = None if offset < XEN_PAGE_SIZE else f"offset {offset} beyond the page"
+    return NetifTxRequest(gref, offset, flags, rid, size, err)
+
+
+def tx_response(fields: tuple[int, int]) -> NetifTxResponse:
+    """The record for an unpacked tx response ``(id, status)``; ``error`` set for
+    an unknown status. Never raises on peer data."""
+    rid, status = fields
+    return NetifTxResponse(rid, status,
+                           None if status in _TX_STATUS else f"unknown status {status}")
+
+
+def rx_response(fields: tuple[int, int, int, int]) -> NetifRxResponse:
+    """The record for an unpacked rx response ``(id, offset, flags, status)``;
+    ``error`` set when a data slot (status >= 0) claims ``offset + status > 4096``
+    or the status is a negative non-RSP value. Never raises on peer data."""
+    rid, offset, flags, status = fields
+    err = None
+    if status >= 0 and offset + status > XEN_PAGE_SIZE:
+        err = f"offset {offset} + {status} bytes beyond the page"
+    elif status < NETIF_RSP_DROPPED:
+        err = f"unknown status {status}"
+    return NetifRxResponse(rid, offset, flags, status, err)
+
+
 def tx_fragment_error(req: NetifTxRequest, frag_len: int) -> str | None:
     """Check one tx fragment the way netback does before mapping it.
 
@@ -275,9 +319,7 @@ class NetifTxCodec:
         """
         if len(raw) != NET_TX_SLOT_SIZE:
             return NetifTxRequest(0, 0, 0, 0, 0, f"slot of {len(raw)} bytes")
-        gref, offset, flags, rid, size = _TX_REQ.unpack_from(raw)
-        err = None if offset < XEN_PAGE_SIZE else f"offset {offset} beyond the page"
-        return NetifTxRequest(gref, offset, flags, rid, size, err)
+        return tx_request(_TX_REQ.unpack_from(raw))
 
     def encode_response(self, rsp: NetifTxResponse) -> bytes:
         """4 bytes (ours). Raises struct.error on out-of-range fields."""
@@ -294,9 +336,7 @@ class NetifTxCodec:
         """
         if len(raw) < _TX_RSP.size:
             return NetifTxResponse(0, NETIF_RSP_ERROR, "short slot")
-        rid, status = _TX_RSP.unpack_from(raw)
-        return NetifTxResponse(rid, status,
-                               None if status in _TX_STATUS else f"unknown status {status}")
+        return tx_response(_TX_RSP.unpack_from(raw))
 
 
 class NetifRxCodec:
@@ -340,14 +380,208 @@ class NetifRxCodec:
         """
         if len(raw) != NET_RX_SLOT_SIZE:
             return NetifRxResponse(0, 0, 0, NETIF_RSP_ERROR, f"slot of {len(raw)} bytes")
-        rid, offset, flags, status = _RX_RSP.unpack_from(raw)
-        err = None
-        if status >= 0 and offset + status > XEN_PAGE_SIZE:
-            err = f"offset {offset} + {status} bytes beyond the page"
-        elif status < NETIF_RSP_DROPPED:
-            err = f"unknown status {status}"
-        return NetifRxResponse(rid, offset, flags, status, err)
+        return rx_response(_RX_RSP.unpack_from(raw))
 
 
 NETIF_TX_CODEC = NetifTxCodec()
 NETIF_RX_CODEC = NetifRxCodec()
+
+
+# --- batch slot access (the drivers' hot paths) ---------------------------
+#
+# The codec classes above decode one slot into one record; netback and netfront
+# move up to a whole ring of slots per pass, so these helpers copy a run of slots
+# out of the page in one piece and unpack it into plain tuples (field order as in
+# the C structs), or pack tuples straight into the slots. The ring's private
+# indices and checks are exactly those of ``BackRing.get_requests`` /
+# ``FrontRing.put_requests`` & co. (ring/sring.py); only one-page rings, which is
+# what netif uses (tx and rx, 256 slots each), are supported.
+
+TxReqTuple = tuple[int, int, int, int, int]
+"""``(gref, offset, flags, id, size)`` of a ``netif_tx_request``."""
+TxRspTuple = tuple[int, int]
+"""``(id, status)`` of a ``netif_tx_response``."""
+RxReqTuple = tuple[int, int]
+"""``(id, gref)`` of a ``netif_rx_request``."""
+RxRspTuple = tuple[int, int, int, int]
+"""``(id, offset, flags, status)`` of a ``netif_rx_response``."""
+
+TX_REQ_SLOT = _TX_REQ
+"""A tx request slot (12 bytes) for the batch helpers: ``TxReqTuple``."""
+TX_RSP = _TX_RSP
+"""A tx response as a backend writes it (4 bytes at the start of the slot)."""
+TX_RSP_SLOT = struct.Struct("<Hh8x")
+"""A tx response as a frontend copies it (the whole 12-byte slot): ``TxRspTuple``."""
+assert TX_RSP_SLOT.size == NET_TX_SLOT_SIZE
+RX_REQ_SLOT = _RX_REQ
+"""An rx request slot (8 bytes): ``RxReqTuple``."""
+RX_RSP_SLOT = _RX_RSP
+"""An rx response slot (8 bytes): ``RxRspTuple``."""
+_HDR = SRING_HEADER_SIZE
+_M = 0xFFFFFFFF
+
+
+def _one_page(ring: Any, slot: struct.Struct, whole_slot: bool = True) -> memoryview:
+    """Page 0 of a one-page ring, after checking ``slot`` fits its slots (our misuse
+    raises ValueError)."""
+    s = ring.sring
+    if len(s.pages) != 1:
+        raise ValueError("the netif batch helpers work on one-page rings only")
+    if slot.size > s.slot_size or (whole_slot and slot.size != s.slot_size):
+        raise ValueError(f"a {slot.size}-byte layout for {s.slot_size}-byte slots")
+    return s.pages[0]
+
+
+def _copy_slots(page: memoryview, slot: struct.Struct, nr_ents: int, first: int,
+                n: int) -> list[Any]:
+    """Copy ``n`` slots from free-running index ``first`` out of ``page`` (one copy
+    of each contiguous run) and unpack them with ``slot``."""
+    if n <= 0:
+        return []
+    size = slot.size
+    k = first & (nr_ents - 1)
+    head = min(n, nr_ents - k)
+    raw = bytes(page[_HDR + k * size:_HDR + (k + head) * size])
+    if head < n:  # the run wraps to slot 0
+        raw += bytes(page[_HDR:_HDR + (n - head) * size])
+    return list(slot.iter_unpack(raw))
+
+
+def _write_slots(page: memoryview, slot: struct.Struct, nr_ents: int, first: int,
+                 records: Sequence[tuple[int, ...]]) -> None:
+    """Pack ``records`` into whole slots from free-running index ``first``: one
+    run of bytes, written in one piece (two when it wraps to slot 0)."""
+    n = len(records)
+    if n == 0:
+        return
+    size = slot.size
+    raw = b"".join(itertools.starmap(slot.pack, records))
+    k = first & (nr_ents - 1)
+    head = min(n, nr_ents - k)
+    page[_HDR + k * size:_HDR + (k + head) * size] = raw[:head * size]
+    if head < n:
+        page[_HDR:_HDR + (n - head) * size] = raw[head * size:]
+
+
+def back_get_requests(ring: BackRing[Any, Any], slot: struct.Struct,
+                      limit: int) -> list[Any]:
+    """``BackRing.get_requests`` returning raw tuples: read ``req_prod`` once,
+    check it, copy the slots once, advance ``req_cons``.
+
+    Args:
+        ring: a backend ring over one page (netback's).
+        slot: the request layout (``TX_REQ_SLOT`` or ``RX_REQ_SLOT``).
+        limit: at most this many (bounds work per pass); ours.
+
+    Returns:
+        Tuples in ring order (peer data: every field must still be checked).
+
+    Raises:
+        RingOverflowError: bogus ``req_prod`` (the frontend misbehaved); the
+            ring is marked broken.
+    """
+    if ring.broken:
+        raise RingOverflowError("back ring is broken")
+    s = ring.sring
+    page = _one_page(ring, slot)
+    rp = s.req_prod
+    nr = s.nr_ents
+    if ((rp - ring.rsp_prod_pvt) & _M) > nr:
+        ring.broken = True
+        raise RingOverflowError(
+            f"bogus ring requests: req_prod={rp:#x} rsp_prod_pvt={ring.rsp_prod_pvt:#x}")
+    cons = ring.req_cons
+    n = (rp - cons) & _M
+    room = nr - ((cons - ring.rsp_prod_pvt) & _M)
+    n = min(n, room, max(limit, 0))
+    out = _copy_slots(page, slot, nr, cons, n)
+    ring.req_cons = (cons + n) & _M
+    return out
+
+
+def back_put_responses(ring: BackRing[Any, Any], slot: struct.Struct,
+                       rsps: Sequence[tuple[int, ...]]) -> None:
+    """``BackRing.put_responses`` from raw tuples (each written over the first
+    ``slot.size`` bytes of its slot, as C's ``*RING_GET_RESPONSE() = rsp``).
+
+    Raises:
+        RingUsageError: more responses than consumed requests (our bug);
+            nothing is written.
+    """
+    room = (ring.req_cons - ring.rsp_prod_pvt) & _M
+    if len(rsps) > room:
+        raise RingUsageError("no consumed request left to answer")
+    page = _one_page(ring, slot, whole_slot=False)
+    step = ring.sring.slot_size
+    i = ring.rsp_prod_pvt
+    if slot.size == step:  # whole slots: one run of bytes
+        _write_slots(page, slot, ring.sring.nr_ents, i, rsps)
+    else:
+        pack = slot.pack_into
+        mask = ring.sring.nr_ents - 1
+        for r in rsps:
+            pack(page, _HDR + (i & mask) * step, *r)
+            i += 1
+    ring.rsp_prod_pvt = (ring.rsp_prod_pvt + len(rsps)) & _M
+
+
+def front_put_requests(ring: FrontRing[Any, Any], slot: struct.Struct,
+                       reqs: Sequence[tuple[int, ...]]) -> None:
+    """``FrontRing.put_requests`` from raw tuples (all or nothing).
+
+    Raises:
+        RingFullError: fewer free slots than requests (our bug); nothing written.
+    """
+    if len(reqs) > ring.free_requests():
+        raise RingFullError(f"{len(reqs)} requests, {ring.free_requests()} free slots")
+    page = _one_page(ring, slot)
+    _write_slots(page, slot, ring.sring.nr_ents, ring.req_prod_pvt, reqs)
+    ring.req_prod_pvt = (ring.req_prod_pvt + len(reqs)) & _M
+
+
+class FrontRequestWriter:
+    """``FrontRing.put_request`` from a raw tuple, for a driver that puts one
+    request at a time (netfront's transmit): the ring's layout is checked once,
+    here, instead of on every request.
+
+    Args:
+        ring: a frontend ring over one page (ours).
+        slot: the request layout; it must fill a whole slot.
+
+    Raises:
+        ValueError: not a one-page ring, or a layout for another slot size.
+    """
+
+    __slots__ = ("_mask", "_nr", "_pack", "_page", "_step", "ring")
+
+    def __init__(self, ring: FrontRing[Any, Any], slot: struct.Struct) -> None:
+        self.ring = ring
+        self._page = _one_page(ring, slot)
+        self._pack = slot.pack_into
+        self._step = slot.size
+        self._nr = ring.sring.nr_ents
+        self._mask = self._nr - 1
+
+    def put(self, req: tuple[int, ...]) -> None:
+        """Write one request at ``req_prod_pvt`` and advance it (not yet pushed).
+
+        Raises:
+            RingFullError: no free slot (our bug); nothing written.
+        """
+        ring = self.ring
+        i = ring.req_prod_pvt
+        if ((i - ring.rsp_cons) & _M) >= self._nr:
+            raise RingFullError("front ring is full")
+        self._pack(self._page, _HDR + (i & self._mask) * self._step, *req)
+        ring.req_prod_pvt = (i + 1) & _M
+
+
+def front_copy_responses(ring: FrontRing[Any, Any], slot: struct.Struct, first: int,
+                         n: int) -> list[Any]:
+    """Copy ``n`` response slots from index ``first`` once and unpack them.
+
+    The caller read ``rsp_prod`` once and checked ``n`` against what it has
+    outstanding; ``rsp_cons`` is the caller's to advance.
+    """
+    return _copy_slots(_one_page(ring, slot), slot, ring.sring.nr_ents, first, n)
+

@@ -41,17 +41,22 @@ extra-info slot is malformed or more than four are chained, or a grant copy
 fails. A more-data chain still open at ``req_prod`` after 18 slots is an
 *endless chain*: what was consumed is dropped and the rest of the chain is
 answered with errors as it arrives. A shorter open chain waits (consumed,
-kept privately) for its remaining slots. Good packets are grant-copied
-(``GNTTABOP_copy`` with ``GNTCOPY_source_gref``, one batched hypercall per
-pass) into dom0 bounce pages - guest pages are never mapped - and handed to
-``bridge.transmit``. Every slot gets exactly one response, in ring order.
+kept privately) for its remaining slots. Good packets are grant-copied into
+dom0 bounce pages - guest pages are never mapped - one ``GNTTABOP_copy`` op
+(``GNTCOPY_source_gref``) per data slot, each into its own bounce page, all
+of a pass in one hypercall (Linux ``gnttab_batch_copy``), and handed to the
+bridge as one batch. Every slot gets exactly one response, in ring order,
+pushed once per pass. The slots are copied out of the ring as one run of
+bytes (:func:`ring.netif.back_get_requests`); a one-slot packet - the
+common case - is checked and copied without building a packet record.
 
 **Guest receive** (rx ring; Linux ``xenvif_rx_action``). Frames for the guest
 wait in the bridge port's bounded queue (the bound is in bytes: a guest that
 reads nothing costs dom0 at most that). A pass delivers at most
 :data:`RX_BATCH_FRAMES` frames: each needs ``ceil(len / 4096)`` posted rx
-requests (one unless ``feature-sg``); the data is written to a bounce page and
-grant-copied (``GNTCOPY_dest_gref``, batched) into the guest's buffers; each
+requests (one unless ``feature-sg``); each slot's bytes are written to their
+own bounce page and grant-copied into the guest's buffer (one
+``GNTCOPY_dest_gref`` op per slot, all of a pass in one hypercall); each
 response goes into the slot of the request it consumes, with that request's
 id, ``offset`` 0, ``status`` = bytes in the slot, ``NETRXF_more_data`` on all but
 the last. A failed copy answers that slot ``NETIF_RSP_ERROR``. Timers (trio's
@@ -70,8 +75,10 @@ each loop re-arms the ring's event index and looks again before sleeping.
 Worked example (a 2-slot frame from d1 to d2 on ``xenbr0``)::
 
     d1 tx: [gref 8, off 0, more_data, id 0, size 1514] [gref 9, off 0, 0, id 1, size 514]
-    netback d1: copies 1000 + 514 bytes into a bounce page, answers (0, OKAY), (1, OKAY),
-                bridge.transmit("vif1.0", frame)   # learned/flooded to vif2.0's queue
+    netback d1: one hypercall, two ops: 1000 bytes of gref 8 -> bounce page 0,
+                514 bytes of gref 9 -> bounce page 1; frame = the two joined;
+                answers (0, OKAY), (1, OKAY), pushes once,
+                bridge.transmit_many("vif1.0", [frame])  # learned/flooded to vif2.0
     netback d2: rx request (id 5, gref 12) at slot 7 -> copy 1514 bytes into gref 12,
                 response at slot 7: (id 5, offset 0, flags 0, status 1514)
 """
@@ -93,10 +100,9 @@ from dom0.kernel import Dom0Kernel
 from dom0.native.bridge import DEFAULT_BRIDGE, DEFAULT_PORT_MAX_BYTES, BridgePort
 from hypervisor.errno import XenError
 from hypervisor.grant_table import (
-    GntCopy,
     GNTCOPY_dest_gref,
     GNTCOPY_source_gref,
-    GntCopyPtr,
+    GntCopyOp,
     GNTST_okay,
 )
 from hypervisor.types import DOMID_SELF, Gfn, Port
@@ -108,6 +114,10 @@ from ring.netif import (
     NETIF_RSP_OKAY,
     NETIF_RX_CODEC,
     NETIF_TX_CODEC,
+    RX_REQ_SLOT,
+    RX_RSP_SLOT,
+    TX_REQ_SLOT,
+    TX_RSP,
     XEN_NETIF_EXTRA_TYPE_MAX,
     XEN_NETIF_NR_SLOTS_MIN,
     XEN_PAGE_SIZE,
@@ -118,7 +128,14 @@ from ring.netif import (
     NETRXF_more_data,
     NETTXF_extra_info,
     NETTXF_more_data,
+    RxReqTuple,
+    RxRspTuple,
+    TxReqTuple,
+    TxRspTuple,
+    back_get_requests,
+    back_put_responses,
     tx_fragment_error,
+    tx_request,
 )
 from ring.sring import BackRing
 
@@ -151,8 +168,9 @@ RX_QUEUE_MAX_BYTES = DEFAULT_PORT_MAX_BYTES
 """Bytes queued towards one guest at most (the bridge port's bound: 128 pages)."""
 MAX_EXTRA_SLOTS = XEN_NETIF_EXTRA_TYPE_MAX - 1
 """Extra-info slots one tx packet may chain (one per type)."""
-BOUNCE_PAGES = 32
-"""dom0 pages (per host) that grant copies go through; enough for a 64 KiB packet."""
+BOUNCE_PAGES = 64
+"""dom0 pages (per host) that grant copies go through, one per slot: a pass whose
+copies need more flushes them (one hypercall per ``BOUNCE_PAGES`` slots)."""
 
 FEATURES = (
     ("feature-sg", "1"),
@@ -255,35 +273,16 @@ def vif_statistics(bus: BackendBus) -> dict[str, NetbackStats]:
 class _Bounce:
     """dom0 pages that grant copies go through (one set per host).
 
-    Every use (fill ops, one hypercall, read back) is synchronous, so all
-    vifs of a host can share one set: no other task runs in between.
+    One page per ring slot, data at offset 0, so every slot is exactly one
+    copy op (a 1514-byte frame never straddles two bounce pages). Every use
+    (fill ops, one hypercall, read back) is synchronous, so all vifs of a
+    host can share one set: no other task runs in between.
     """
 
     def __init__(self, kernel: Dom0Kernel, n: int) -> None:
         pages = [kernel.pages.alloc() for _ in range(n)]
         self.gfns: list[Gfn] = [g for g, _ in pages]
         self.views: list[memoryview] = [v for _, v in pages]
-        self.capacity = n * XEN_PAGE_SIZE
-
-    def read(self, start: int, n: int) -> bytes:
-        """``n`` bytes from bounce position ``start`` (may span pages)."""
-        out = []
-        while n > 0:
-            page, off = divmod(start, XEN_PAGE_SIZE)
-            chunk = min(n, XEN_PAGE_SIZE - off)
-            out.append(bytes(self.views[page][off:off + chunk]))
-            start += chunk
-            n -= chunk
-        return b"".join(out)
-
-    def write(self, start: int, data: bytes) -> None:
-        """Write ``data`` at bounce position ``start`` (may span pages)."""
-        pos = 0
-        while pos < len(data):
-            page, off = divmod(start + pos, XEN_PAGE_SIZE)
-            chunk = min(len(data) - pos, XEN_PAGE_SIZE - off)
-            self.views[page][off:off + chunk] = data[pos:pos + chunk]
-            pos += chunk
 
 
 _BOUNCE: weakref.WeakKeyDictionary[Dom0Kernel, _Bounce] = weakref.WeakKeyDictionary()
@@ -307,9 +306,6 @@ class _TxPacket:
     extras: list[NetifTxRequest] = field(default_factory=list)
     frags: list[NetifTxRequest] = field(default_factory=list)
     drop: str | None = None
-    continuation: bool = False  # slots of an endless chain already counted as dropped
-    start: int = 0
-    frame: bytes | None = None
 
     @property
     def first_len(self) -> int:
@@ -320,14 +316,14 @@ class _TxPacket:
         return [(self.first.gref, self.first.offset, self.first_len),
                 *((f.gref, f.offset, f.size) for f in self.frags)]
 
-    def responses(self) -> list[NetifTxResponse]:
-        """One response per slot, in ring order."""
+    def responses(self) -> list[TxRspTuple]:
+        """One ``(id, status)`` response per slot, in ring order."""
         st = NETIF_RSP_OKAY if self.drop is None else NETIF_RSP_ERROR
         # an extra-info slot's response keeps the slot's first two bytes as its id,
         # as Linux writes only the status there
-        return [NetifTxResponse(self.first.id, st),
-                *(NetifTxResponse(e.gref & 0xFFFF, NETIF_RSP_NULL) for e in self.extras),
-                *(NetifTxResponse(f.id, st) for f in self.frags)]
+        return [(self.first.id, st),
+                *((e.gref & 0xFFFF, NETIF_RSP_NULL) for e in self.extras),
+                *((f.id, st) for f in self.frags)]
 
 
 def _check_packet(pkt: _TxPacket) -> str | None:
@@ -393,9 +389,10 @@ class NetBack(Backend):
         self.rx_port: Port | None = None
         self._tx_kick = Kick()
         self._rx_kick = Kick()
-        self._tx_pending: list[NetifTxRequest] = []
+        self._tx_pending: list[TxReqTuple] = []
         self._tx_in_dropped_chain = False
-        self._rx_times: collections.deque[float] = collections.deque()
+        self._rx_times: collections.deque[list[float]] = collections.deque()
+        self._rx_timed = 0  # frames _rx_times covers (== frames in the port queue)
         self._last_rx_time = 0.0
         self._kernel = Dom0Kernel.of(self.hc)
 
@@ -473,20 +470,38 @@ class NetBack(Backend):
         bridge = self._kernel.bridge(self.bridge_name)
         if self.port_name in bridge.ports:  # a stale port of a previous instance
             bridge.del_port(self.port_name)
-        self._rx_times.clear()
-        self.bport = bridge.add_port(self.port_name, notify=self._on_frame,
+        self._rx_forget_all()
+        self.bport = bridge.add_port(self.port_name, notify=self._on_frames,
                                      max_bytes=RX_QUEUE_MAX_BYTES)
 
     def _detach_port(self) -> None:
         port, self.bport = self.bport, None
         if port is not None and not port.detached:
             port.bridge.del_port(port.name)
-        self._rx_times.clear()
+        self._rx_forget_all()
 
-    def _on_frame(self) -> None:
-        """Bridge: a frame was queued for the guest (sync; never blocks)."""
-        self._rx_times.append(trio.current_time())
+    def _on_frames(self) -> None:
+        """Bridge: frames were queued for the guest (sync; never blocks).
+
+        Arrival times are kept run-length encoded (``[time, count]``, oldest
+        first; a bridge batch arrives at one instant), and they cover exactly
+        the frames in the port queue: the new ones are those not yet counted.
+        """
+        port = self.bport
+        n = port.queued_frames - self._rx_timed if port is not None else 0
+        if n > 0:
+            now = trio.current_time()
+            times = self._rx_times
+            if times and times[-1][0] == now:
+                times[-1][1] += n
+            else:
+                times.append([now, n])
+            self._rx_timed += n
         self._rx_kick.set()
+
+    @property
+    def _bounce(self) -> _Bounce:
+        return _bounce_for(self._kernel)
 
     # -- event channel handlers (sync, O(1): storms only set flags) ---------------------------
 
@@ -554,65 +569,130 @@ class NetBack(Backend):
     def tx_action(self) -> None:
         """One bounded tx pass: consume, check, copy, answer, transmit (sync).
 
+        The slots are copied out of the ring once (one run of bytes); each
+        packet is checked before any data moves; every data slot of a good
+        packet becomes one ``GNTTABOP_copy`` op into its own bounce page, all
+        of them in one hypercall (Linux ``gnttab_batch_copy``); every slot is
+        answered in ring order and pushed once; the good frames go to the
+        bridge as one batch.
+
         Raises:
             RingOverflowError: bogus ``req_prod`` (the frontend is hostile).
         """
         ring = self.tx_ring
         assert ring is not None
-        self.stats.tx_passes += 1
-        reqs = self._tx_pending + ring.get_requests(limit=TX_BATCH_SLOTS)
-        self._tx_pending = []
-        packets = self._tx_split(reqs)
-        self._tx_copy([p for p in packets if p.drop is None])
-        rsps: list[NetifTxResponse] = []
-        for p in packets:
-            rsps.extend(p.responses())
-            self._tx_account(p)
-            if p.drop is None and p.frame is not None and self.bport is not None:
-                self.bport.transmit(p.frame)
-        if rsps:
-            ring.put_responses(rsps)
-            if ring.push_responses_and_check_notify():
-                self._notify(self.tx_port)
+        stats = self.stats
+        stats.tx_passes += 1
+        reqs: list[TxReqTuple] = back_get_requests(ring, TX_REQ_SLOT, TX_BATCH_SLOTS)
+        if self._tx_pending:
+            reqs = self._tx_pending + reqs
+            self._tx_pending = []
+        if not reqs:
+            return
+        bounce = self._bounce
+        gfns, views = bounce.gfns, bounce.views
+        domid = self.dev.frontend_id
+        rsps: list[TxRspTuple] = []
+        ops: list[GntCopyOp] = []
+        # packets waiting for their copies: (first op, nr ops, size, data-slot responses)
+        goods: list[tuple[int, int, int, list[int] | int]] = []
+        frames: list[bytes] = []
 
-    def _tx_split(self, reqs: list[NetifTxRequest]) -> list[_TxPacket]:
-        """Group consumed slots into packets; keep an open (short) chain pending."""
-        packets: list[_TxPacket] = []
+        def flush() -> None:
+            statuses = self.hc.grant_copy(ops) if ops else []
+            for first, nops, size, pos in goods:
+                if nops == 1:
+                    if statuses[first] == GNTST_okay:
+                        frames.append(bytes(views[first][:size]))
+                        continue
+                elif all(st == GNTST_okay for st in statuses[first:first + nops]):
+                    frames.append(b"".join(bytes(views[k][:ops[k][6]])
+                                           for k in range(first, first + nops)))
+                    continue
+                for k in (pos,) if isinstance(pos, int) else pos:
+                    rsps[k] = (rsps[k][0], NETIF_RSP_ERROR)
+                self._tx_count_drop("grant-copy", 1 if isinstance(pos, int) else len(pos))
+            ops.clear()
+            goods.clear()
+
         i, n = 0, len(reqs)
         while i < n:
+            gref, offset, flags, rid, size = reqs[i]
             if self._tx_in_dropped_chain:  # the rest of an endless chain
-                r = reqs[i]
                 i += 1
-                packets.append(_TxPacket(r, drop="endless-chain", continuation=True))
-                if not r.flags & NETTXF_more_data:
+                rsps.append((rid, NETIF_RSP_ERROR))
+                stats.tx_error_slots += 1
+                if not flags & NETTXF_more_data:
                     self._tx_in_dropped_chain = False
+                continue
+            if not flags & (NETTXF_more_data | NETTXF_extra_info):
+                # a one-slot packet: of _check_packet's rules only these two can fail
+                i += 1
+                if size < ETH_HLEN:
+                    self._tx_count_drop("runt", 1)
+                    rsps.append((rid, NETIF_RSP_ERROR))
+                elif offset + size > XEN_PAGE_SIZE:
+                    self._tx_count_drop("fragment", 1)
+                    rsps.append((rid, NETIF_RSP_ERROR))
+                else:
+                    if len(ops) >= BOUNCE_PAGES:
+                        flush()
+                    k = len(ops)
+                    goods.append((k, 1, size, len(rsps)))
+                    ops.append((gref, domid, offset, gfns[k], DOMID_SELF, 0, size,
+                                GNTCOPY_source_gref))
+                    rsps.append((rid, NETIF_RSP_OKAY))
                 continue
             pkt, used = self._tx_parse(reqs, i)
             if used is None:  # the chain is still open at req_prod
                 if 1 + len(pkt.frags) > XEN_NETIF_NR_SLOTS_MIN:
                     pkt.drop = "endless-chain"
                     self._tx_in_dropped_chain = True
-                    packets.append(pkt)
+                    rsps.extend(pkt.responses())
+                    self._tx_account(pkt)
                 else:
                     self._tx_pending = reqs[i:]
                 break
+            i += used
             if pkt.drop is None:
                 pkt.drop = _check_packet(pkt)
-            packets.append(pkt)
-            i += used
-        return packets
+            if pkt.drop is not None:
+                rsps.extend(pkt.responses())
+                self._tx_account(pkt)
+                continue
+            segs = pkt.segments()
+            if len(ops) + len(segs) > BOUNCE_PAGES:
+                flush()
+            base = len(rsps)
+            pos = [base, *range(base + 1 + len(pkt.extras), base + 1 + len(pkt.extras)
+                                + len(pkt.frags))]
+            goods.append((len(ops), len(segs), pkt.first.size, pos))
+            for sg, so, sl in segs:
+                ops.append((sg, domid, so, gfns[len(ops)], DOMID_SELF, 0, sl,
+                            GNTCOPY_source_gref))
+            rsps.extend(pkt.responses())
+            stats.tx_null_slots += len(pkt.extras)
+        flush()
+        if rsps:
+            back_put_responses(ring, TX_RSP, rsps)
+            if ring.push_responses_and_check_notify():
+                self._notify(self.tx_port)
+        if frames:
+            stats.tx_packets += len(frames)
+            stats.tx_bytes += sum(map(len, frames))
+            if self.bport is not None:
+                self.bport.transmit_many(frames)
 
-    @staticmethod
-    def _tx_parse(reqs: list[NetifTxRequest], i: int) -> tuple[_TxPacket, int | None]:
+    def _tx_parse(self, reqs: list[TxReqTuple], i: int) -> tuple[_TxPacket, int | None]:
         """The packet starting at ``reqs[i]`` and its slot count (None: incomplete)."""
         n = len(reqs)
-        pkt = _TxPacket(reqs[i])
+        pkt = _TxPacket(tx_request(reqs[i]))
         j = i + 1
         if pkt.first.flags & NETTXF_extra_info:
             while True:
                 if j >= n:
                     return pkt, None
-                slot = reqs[j]
+                slot = tx_request(reqs[j])
                 j += 1
                 pkt.extras.append(slot)
                 extra = slot.as_extra_info()
@@ -627,64 +707,25 @@ class NetBack(Backend):
         while more:
             if j >= n:
                 return pkt, None
-            slot = reqs[j]
+            slot = tx_request(reqs[j])
             j += 1
             pkt.frags.append(slot)
             more = slot.flags & NETTXF_more_data
         return pkt, j - i
 
-    def _tx_copy(self, packets: list[_TxPacket]) -> None:
-        """Grant-copy good packets into the bounce pages (batched), then read them out."""
-        bounce = _bounce_for(self._kernel)
-        domid = self.dev.frontend_id
-        ops: list[GntCopy] = []
-        owners: list[_TxPacket] = []
-        batch: list[_TxPacket] = []
-        pos = 0
-
-        def flush() -> None:
-            if ops:
-                for st, owner in zip(self.hc.grant_copy(ops), owners):
-                    if st != GNTST_okay and owner.drop is None:
-                        owner.drop = "grant-copy"
-            for p in batch:
-                if p.drop is None:
-                    p.frame = bounce.read(p.start, p.first.size)
-            ops.clear()
-            owners.clear()
-            batch.clear()
-
-        for p in packets:
-            if pos + p.first.size > bounce.capacity:
-                flush()
-                pos = 0
-            p.start = pos
-            for gref, offset, length in p.segments():
-                while length > 0:
-                    page, off = divmod(pos, XEN_PAGE_SIZE)
-                    chunk = min(length, XEN_PAGE_SIZE - off)
-                    ops.append(GntCopy(GntCopyPtr(gref, domid, offset),
-                                       GntCopyPtr(bounce.gfns[page], DOMID_SELF, off),
-                                       chunk, GNTCOPY_source_gref))
-                    owners.append(p)
-                    offset += chunk
-                    pos += chunk
-                    length -= chunk
-            batch.append(p)
-        flush()
+    def _tx_count_drop(self, reason: str, data_slots: int) -> None:
+        """Count one dropped tx packet (its data slots answered with errors)."""
+        s = self.stats
+        s.tx_error_slots += data_slots
+        s.tx_errors += 1
+        s.tx_drops[reason] += 1
+        _log.debug("%s: tx packet dropped: %s", self.port_name, reason)
 
     def _tx_account(self, p: _TxPacket) -> None:
-        s = self.stats
-        s.tx_null_slots += len(p.extras)
-        if p.drop is None:
-            s.tx_packets += 1
-            s.tx_bytes += p.first.size
-            return
-        s.tx_error_slots += 1 + len(p.frags)
-        if not p.continuation:
-            s.tx_errors += 1
-            s.tx_drops[p.drop] += 1
-            _log.debug("%s: tx packet dropped: %s", self.port_name, p.drop)
+        """Count a dropped multi-slot packet (or the start of an endless chain)."""
+        assert p.drop is not None
+        self.stats.tx_null_slots += len(p.extras)
+        self._tx_count_drop(p.drop, 1 + len(p.frags))
 
     # -- guest receive -----------------------------------------------------------------------
 
@@ -694,6 +735,23 @@ class NetBack(Backend):
     def _slots_needed(self, frame: bytes) -> int:
         return max(1, math.ceil(len(frame) / XEN_PAGE_SIZE))
 
+    def _rx_forget(self, n: int) -> None:
+        """``n`` frames left the head of the port queue: drop their arrival times."""
+        times = self._rx_times
+        while n and times:
+            head = times[0]
+            if head[1] > n:
+                head[1] -= n
+                self._rx_timed -= n
+                return
+            n -= head[1]
+            self._rx_timed -= head[1]
+            times.popleft()
+
+    def _rx_forget_all(self) -> None:
+        self._rx_times.clear()
+        self._rx_timed = 0
+
     def _rx_take(self) -> bytes | None:
         """Take the head frame off the port queue, and its arrival time."""
         port = self.bport
@@ -702,9 +760,9 @@ class NetBack(Backend):
             with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
                 frame = port.receive_nowait()
         if frame is None:
-            self._rx_times.clear()  # nothing queued: no arrival times either
-        elif self._rx_times:
-            self._rx_times.popleft()
+            self._rx_forget_all()  # nothing queued: no arrival times either
+        else:
+            self._rx_forget(1)
         return frame
 
     def _rx_drop(self, reason: str) -> bool:
@@ -713,6 +771,87 @@ class NetBack(Backend):
             return False
         self.stats.rx_drops[reason] += 1
         return True
+
+    def _rx_deliver(self, ring: BackRing[NetifRxRequest, NetifRxResponse],
+                    frames: list[bytes], nslots: int) -> None:
+        """Copy ``frames`` (taken off the queue) into the next ``nslots`` posted
+        buffers: one bounce page and one ``GNTCOPY_dest_gref`` op per slot, one
+        hypercall per :data:`BOUNCE_PAGES` slots; each response goes in the slot
+        of the request it consumes, with that request's id."""
+        reqs: list[RxReqTuple] = back_get_requests(ring, RX_REQ_SLOT, nslots)
+        if len(reqs) != nslots:  # unconsumed_requests() said they were there
+            raise RuntimeError(f"rx: {len(reqs)} requests consumed, {nslots} expected")
+        bounce = self._bounce
+        gfns, views = bounce.gfns, bounce.views
+        domid = self.dev.frontend_id
+        rsps: list[RxRspTuple] = []
+        ops: list[GntCopyOp] = []
+        op_rsp: list[int] = []
+        failed = False
+
+        def flush() -> None:
+            nonlocal failed
+            if ops:
+                statuses = self.hc.grant_copy(ops)
+                if any(statuses):
+                    failed = True
+                    for st, k in zip(statuses, op_rsp):
+                        if st != GNTST_okay:
+                            rid, offset, flags, _ = rsps[k]
+                            rsps[k] = (rid, offset, flags, NETIF_RSP_ERROR)
+            ops.clear()
+            op_rsp.clear()
+
+        j = 0
+        for frame in frames:
+            size = len(frame)
+            if size <= XEN_PAGE_SIZE:  # one slot
+                if len(ops) >= BOUNCE_PAGES:
+                    flush()
+                q = len(ops)
+                views[q][:size] = frame
+                rid, gref = reqs[j]
+                j += 1
+                op_rsp.append(len(rsps))
+                ops.append((gfns[q], DOMID_SELF, 0, gref, domid, 0, size, GNTCOPY_dest_gref))
+                rsps.append((rid, 0, 0, size))
+                continue
+            for pos in range(0, size, XEN_PAGE_SIZE):
+                if len(ops) >= BOUNCE_PAGES:
+                    flush()
+                q = len(ops)
+                chunk = frame[pos:pos + XEN_PAGE_SIZE]
+                n = len(chunk)
+                views[q][:n] = chunk
+                rid, gref = reqs[j]
+                j += 1
+                op_rsp.append(len(rsps))
+                ops.append((gfns[q], DOMID_SELF, 0, gref, domid, 0, n, GNTCOPY_dest_gref))
+                rsps.append((rid, 0, NETRXF_more_data if pos + n < size else 0, n))
+        flush()
+        stats = self.stats
+        if not failed:
+            stats.rx_packets += len(frames)
+            stats.rx_bytes += sum(map(len, frames))
+            frames = []  # counted
+        k = 0
+        for frame in frames:
+            size = len(frame)
+            used = 1 if size <= XEN_PAGE_SIZE else -(-size // XEN_PAGE_SIZE)
+            if used == 1:
+                bad = int(rsps[k][3] < 0)
+            else:
+                bad = sum(1 for r in rsps[k:k + used] if r[3] < 0)
+            k += used
+            if bad:
+                stats.rx_errors += bad
+                stats.rx_drops["grant-copy"] += 1
+            else:
+                stats.rx_packets += 1
+                stats.rx_bytes += size
+        back_put_responses(ring, RX_RSP_SLOT, rsps)
+        if ring.push_responses_and_check_notify():
+            self._notify(self.rx_port)
 
     def rx_action(self) -> float | None:
         """One bounded rx pass (sync): expire, deliver, detect stalls.
@@ -735,7 +874,7 @@ class NetBack(Backend):
             return inf
         drain = self._drain_timeout()
         # 1. frames that waited too long for a buffer (Linux xenvif_rx_queue_drop_expired)
-        while self._rx_times and self._rx_times[0] + drain <= now:
+        while self._rx_times and self._rx_times[0][0] + drain <= now:
             if not self._rx_drop("drain-timeout"):
                 break
         # 2. carrier off: nothing is kept; back on when the guest posts a buffer
@@ -749,80 +888,43 @@ class NetBack(Backend):
                     pass
                 ring.sring.req_event = ring.req_cons + 1  # wake me when one is posted
                 return now if ring.unconsumed_requests() >= 1 else inf
-        # 3. deliver
-        bounce = _bounce_for(self._kernel)
-        domid = self.dev.frontend_id
-        ops: list[GntCopy] = []
-        op_slot: list[int] = []
-        rsps: list[NetifRxResponse] = []
-        frames: list[tuple[int, int, int]] = []  # (first rsp index, nr slots, bytes)
-        pos = 0
+        # 3. deliver: take what fits the posted buffers, copy it in one hypercall
+        taken: list[bytes] = []
+        nslots = 0
         avail = ring.unconsumed_requests()
-        done = 0
-
-        def flush() -> None:
-            if ops:
-                for st, k in zip(self.hc.grant_copy(ops), op_slot):
-                    if st != GNTST_okay and rsps[k].status >= 0:
-                        rsps[k] = rsps[k]._replace(status=NETIF_RSP_ERROR)
-            ops.clear()
-            op_slot.clear()
-
-        while done < RX_BATCH_FRAMES:
+        head = port.peek_many(min(avail, RX_BATCH_FRAMES))
+        if head and max(map(len, head)) <= XEN_PAGE_SIZE:  # one slot each: take them all
+            taken = port.take(len(head))
+            nslots = len(taken)
+            avail -= nslots
+        while len(taken) < RX_BATCH_FRAMES:
             frame = port.peek_nowait()
             if frame is None:
                 break
-            if len(frame) > XEN_PAGE_SIZE and not self.can_sg:
+            size = len(frame)
+            if size <= XEN_PAGE_SIZE:
+                needed = 1
+            elif not self.can_sg:
                 self._rx_drop("no-sg")
                 continue
-            needed = self._slots_needed(frame)
+            else:
+                needed = -(-size // XEN_PAGE_SIZE)
             if avail < needed:
                 break
-            if pos + len(frame) > bounce.capacity:
-                flush()
-                pos = 0
-            frame = self._rx_take()
-            assert frame is not None
-            reqs = ring.get_requests(limit=needed)
-            avail -= len(reqs)
-            bounce.write(pos, frame)
-            frames.append((len(rsps), len(reqs), len(frame)))
-            for k, req in enumerate(reqs):
-                chunk = frame[k * XEN_PAGE_SIZE:(k + 1) * XEN_PAGE_SIZE]
-                last = k == len(reqs) - 1
-                rsps.append(NetifRxResponse(req.id, 0, 0 if last else NETRXF_more_data,
-                                            len(chunk)))
-                copied = 0
-                while copied < len(chunk):
-                    page, off = divmod(pos, XEN_PAGE_SIZE)
-                    n = min(len(chunk) - copied, XEN_PAGE_SIZE - off)
-                    ops.append(GntCopy(GntCopyPtr(bounce.gfns[page], DOMID_SELF, off),
-                                       GntCopyPtr(req.gref, domid, copied), n,
-                                       GNTCOPY_dest_gref))
-                    op_slot.append(len(rsps) - 1)
-                    copied += n
-                    pos += n
-            done += 1
-        flush()
-        if rsps:
+            port.receive_nowait()
+            taken.append(frame)
+            avail -= needed
+            nslots += needed
+        if taken:
+            self._rx_forget(len(taken))
+            self._rx_deliver(ring, taken, nslots)
             self._last_rx_time = now
-            for first, nslots, nbytes in frames:
-                bad = sum(1 for r in rsps[first:first + nslots] if r.status < 0)
-                if bad:
-                    self.stats.rx_errors += bad
-                    self.stats.rx_drops["grant-copy"] += 1
-                else:
-                    self.stats.rx_packets += 1
-                    self.stats.rx_bytes += nbytes
-            ring.put_responses(rsps)
-            if ring.push_responses_and_check_notify():
-                self._notify(self.rx_port)
         head = port.peek_nowait()
         if head is None:
             return inf
         needed = self._slots_needed(head)
         if ring.unconsumed_requests() >= needed:
-            return None if done >= RX_BATCH_FRAMES else now
+            return None if len(taken) >= RX_BATCH_FRAMES else now
         # 4. waiting for buffers: ask to be told, look again, then check for a stall
         ring.sring.req_event = ring.req_cons + needed
         if ring.unconsumed_requests() >= needed:
@@ -835,7 +937,7 @@ class NetBack(Backend):
                 pass
             ring.sring.req_event = ring.req_cons + 1
             return inf
-        wake = (self._rx_times[0] + drain) if self._rx_times else now + drain
+        wake = (self._rx_times[0][0] + drain) if self._rx_times else now + drain
         if self.rx_notify:
             wake = min(wake, self._last_rx_time + RX_STALL_TIMEOUT)
         return wake

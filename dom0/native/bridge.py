@@ -25,6 +25,13 @@ respect to other tasks):
    dropped for that port only and counted (``tx_dropped``). A guest that
    never reads costs the bridge at most its queue and slows nobody.
 
+Frames come in batches (:meth:`Bridge.transmit_many`; netback hands over a
+whole tx pass): every frame still takes steps 1-3 on its own, in order; step
+4 then runs per egress port over its frames in order (the same outcome: only
+this batch touches a port's queue meanwhile); the batch shares one clock
+reading, and each egress port's owner is notified once, after the batch, if
+it got frames.
+
 Ageing is lazy (no timer per entry): an entry is expired when
 ``updated + ageing_time <= now`` (Linux ``has_expired``); lookups ignore and
 delete expired entries, and every frame pops expired entries off the front of
@@ -48,9 +55,10 @@ frame, once, as it enters) to a pcap file through a bounded
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 import trio
@@ -180,20 +188,40 @@ class BridgePort:
         """Bytes waiting for the owner."""
         return self._queued_bytes
 
-    def _enqueue(self, frame: bytes) -> bool:
-        """Bridge side: queue a frame if the bounds allow. Never blocks."""
-        n = len(frame)
-        if len(self._queue) >= self.max_frames or self._queued_bytes + n > self.max_bytes:
-            self.stats.tx_dropped += 1
-            return False
-        self._queue.append(frame)
-        self._queued_bytes += n
-        self.stats.tx_frames += 1
-        self.stats.tx_bytes += n
-        self._lot.unpark()
+    def _enqueue_many(self, frames: list[bytes]) -> list[bytes]:
+        """Bridge side: queue frames, in order, each if the bounds allow then.
+        Never blocks. Returns the frames queued.
+
+        The owner's ``notify`` is not called here: the bridge calls
+        :meth:`_notify_owner` once per egress port at the end of a batch.
+        """
+        q = self._queue
+        queued_bytes = self._queued_bytes
+        max_frames, max_bytes = self.max_frames, self.max_bytes
+        if len(q) + len(frames) <= max_frames and queued_bytes + sum(map(len, frames)) <= max_bytes:
+            taken = frames  # all of them fit: the common case
+            q.extend(frames)
+        else:
+            taken = []
+            for frame in frames:
+                if len(q) >= max_frames or queued_bytes + len(frame) > max_bytes:
+                    continue
+                q.append(frame)
+                queued_bytes += len(frame)
+                taken.append(frame)
+        nbytes = sum(map(len, taken))
+        self._queued_bytes = self._queued_bytes + nbytes
+        stats = self.stats
+        stats.tx_frames += len(taken)
+        stats.tx_bytes += nbytes
+        stats.tx_dropped += len(frames) - len(taken)
+        if taken and self._lot:
+            self._lot.unpark(count=len(taken))
+        return taken
+
+    def _notify_owner(self) -> None:
         if self._notify is not None:
             self._notify()
-        return True
 
     def _detach(self) -> None:
         self._detached = True
@@ -208,6 +236,23 @@ class BridgePort:
             The frame, or None if the queue is empty.
         """
         return self._queue[0] if self._queue else None
+
+    def peek_many(self, n: int) -> list[bytes]:
+        """Up to ``n`` frames from the head of the queue, without taking them."""
+        return list(itertools.islice(self._queue, max(n, 0)))
+
+    def take(self, n: int) -> list[bytes]:
+        """Take ``n`` frames off the head of the queue (``n`` <= :attr:`queued_frames`).
+
+        Raises:
+            ValueError: fewer than ``n`` frames are queued (the caller's bug).
+        """
+        q = self._queue
+        if not 0 <= n <= len(q):
+            raise ValueError(f"take({n}) with {len(q)} frames queued")
+        out = [q.popleft() for _ in range(n)]
+        self._queued_bytes -= sum(map(len, out))
+        return out
 
     def receive_nowait(self) -> bytes:
         """Take the next frame.
@@ -253,7 +298,11 @@ class BridgePort:
 
     def transmit(self, frame: bytes | bytearray | memoryview) -> None:
         """Send a frame into the bridge from this port (see :meth:`Bridge.transmit`)."""
-        self.bridge.transmit(self.name, frame)
+        self.bridge.transmit_many(self.name, (frame,))
+
+    def transmit_many(self, frames: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Send frames into the bridge from this port, in order (one batch)."""
+        self.bridge.transmit_many(self.name, frames)
 
 
 @dataclass(slots=True)
@@ -324,8 +373,9 @@ class Bridge:
         Args:
             name: unique on this bridge (``vif<domid>.<devid>``; chosen by the
                 toolstack, not the guest).
-            notify: called (synchronously, must not block or raise) after a
-                frame is queued for this port - e.g. netback's rx kick.
+            notify: called (synchronously, must not block or raise) once per
+                :meth:`Bridge.transmit_many` batch that queued frames for this
+                port (after all of them) - e.g. netback's rx kick.
             max_frames, max_bytes: queue bounds.
 
         Returns:
@@ -440,52 +490,96 @@ class Bridge:
         Raises:
             KeyError: no such port (the caller's bug: transmit after detach).
         """
+        self.transmit_many(port_name, (frame,))
+
+    def transmit_many(self, port_name: str,
+                      frames: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Switch frames that arrived on ``port_name``, in order. Never blocks.
+
+        Each frame goes through steps 1-4 on its own, exactly as if sent by
+        :meth:`transmit` one after the other at this instant; what a batch
+        shares is the clock reading and one ``notify`` per egress port that
+        got frames, at the end.
+
+        Args:
+            port_name: the ingress port (its owner's own name - not guest data).
+            frames: Ethernet frames from a guest (any length, any content).
+
+        Raises:
+            KeyError: no such port (the caller's bug: transmit after detach).
+        """
         src = self._ports[port_name]
-        data = bytes(frame)
-        n = len(data)
+        now = self._clock()
+        sstats = src.stats
+        bstats = self.stats
+        taps = self._taps
+        fdb = self._fdb
+        mtu_len = self.mtu + ETH_HLEN
+        out: dict[BridgePort, list[bytes]] = {}  # frames for each egress port, in order
+        others: list[list[bytes]] | None = None  # out's lists of the flood targets
+        learned: bytes | None = None
+        good = good_bytes = floods = 0  # counters, added once at the end
+        for frame in frames:
+            data = bytes(frame)
+            n = len(data)
+            if taps:
+                self._tap(port_name, data)
+            if n < ETH_HLEN or (n > mtu_len and n > self._max_frame_len(data)):
+                sstats.rx_dropped += 1
+                bstats.dropped += 1
+                continue
+            src_mac = data[6:12]
+            if src_mac[0] & 1 or src_mac == _ZERO_MAC:
+                sstats.rx_dropped += 1
+                bstats.dropped += 1
+                continue
+            good += 1
+            good_bytes += n
+            if taps:
+                self._tap(None, data)
+            if src_mac != learned:  # relearning the newest entry at `now` changes nothing
+                self._expire_front(now)
+                self._learn(src_mac, src, now)
+                learned = src_mac if fdb.get(src_mac) is not None else None
+            dst = data[0:6]
+            if not dst[0] & 1:
+                entry = fdb.get(dst)
+                if entry is not None and not self._expired(entry, now):
+                    if entry.port is src:
+                        bstats.filtered += 1
+                    else:
+                        out.setdefault(entry.port, []).append(data)
+                    continue
+            floods += 1
+            if others is None:  # no port comes or goes during a batch
+                others = [out.setdefault(p, []) for p in self._ports.values() if p is not src]
+            for dest in others:
+                dest.append(data)
+        sstats.rx_frames += good
+        sstats.rx_bytes += good_bytes
+        bstats.frames += good
+        sstats.floods += floods
+        bstats.floods += floods
+        # step 4 per egress port: its frames in order, each if its bounds allow then
+        queued = []
+        for port, batch in out.items():
+            if not batch:
+                continue
+            taken = port._enqueue_many(batch)
+            if taken:
+                queued.append(port)
+                if taps:
+                    for data in taken:
+                        self._tap(port.name, data)
+        for port in queued:
+            if not port.detached:
+                port._notify_owner()
+
+    def _tap(self, port_name: str | None, data: bytes) -> None:
+        """Give ``data`` to the captures of ``port_name`` (None: whole-bridge ones)."""
         for tap in self._taps:
             if tap.port == port_name:
                 tap.writer.write_frame(data)
-        if n < ETH_HLEN or n > self._max_frame_len(data):
-            src.stats.rx_dropped += 1
-            self.stats.dropped += 1
-            return
-        src_mac = data[6:12]
-        if src_mac[0] & 1 or src_mac == _ZERO_MAC:
-            src.stats.rx_dropped += 1
-            self.stats.dropped += 1
-            return
-        src.stats.rx_frames += 1
-        src.stats.rx_bytes += n
-        self.stats.frames += 1
-        for tap in self._taps:
-            if tap.port is None:
-                tap.writer.write_frame(data)
-
-        now = self._clock()
-        self._expire_front(now)
-        self._learn(src_mac, src, now)
-
-        dst = data[0:6]
-        if not dst[0] & 1:
-            entry = self._fdb.get(dst)
-            if entry is not None and not self._expired(entry, now):
-                if entry.port is src:
-                    self.stats.filtered += 1
-                else:
-                    self._deliver(entry.port, data)
-                return
-        src.stats.floods += 1
-        self.stats.floods += 1
-        for port in list(self._ports.values()):
-            if port is not src:
-                self._deliver(port, data)
-
-    def _deliver(self, port: BridgePort, data: bytes) -> None:
-        if port._enqueue(data):
-            for tap in self._taps:
-                if tap.port == port.name:
-                    tap.writer.write_frame(data)
 
     # -- capture -----------------------------------------------------------------
 

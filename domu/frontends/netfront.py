@@ -62,7 +62,8 @@ Worked example (MTU 9000, one 9014-byte frame)::
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+import operator
+from typing import Any
 
 import trio
 
@@ -77,20 +78,31 @@ from ring.errors import PeerProtocolError
 from ring.netif import (
     NET_RX_RING_SIZE,
     NET_TX_RING_SIZE,
-    NETIF_RSP_NULL,
+    NETIF_RSP_DROPPED,
+    NETIF_RSP_ERROR,
     NETIF_RSP_OKAY,
     NETIF_RX_CODEC,
     NETIF_TX_CODEC,
+    RX_REQ_SLOT,
+    RX_RSP_SLOT,
+    TX_REQ_SLOT,
+    TX_RSP_SLOT,
     XEN_NETIF_EXTRA_TYPE_MAX,
     XEN_NETIF_NR_SLOTS_MIN,
     XEN_PAGE_SIZE,
+    FrontRequestWriter,
     NetifRxRequest,
     NetifRxResponse,
-    NetifTxRequest,
     NetifTxResponse,
     NETRXF_extra_info,
     NETRXF_more_data,
     NETTXF_more_data,
+    RxReqTuple,
+    TxReqTuple,
+    front_copy_responses,
+    front_put_requests,
+    rx_response,
+    tx_response,
 )
 from ring.sring import FrontRing
 
@@ -104,14 +116,15 @@ MAX_RX_EXTRAS = XEN_NETIF_EXTRA_TYPE_MAX - 1
 """Extra-info slots one received frame may carry (one per known type)."""
 MAX_PENDING_GRANTS = 2 * (NET_TX_RING_SIZE + NET_RX_RING_SIZE)
 """Grants the backend may keep mapped before netfront gives up on it."""
+_TX_OK_STATUS = frozenset((NETIF_RSP_OKAY, NETIF_RSP_ERROR, NETIF_RSP_DROPPED))
+"""tx response statuses netfront accepts (never NULL: it sends no extra-info)."""
 
 
-class _Buf(NamedTuple):
-    """A buffer page in flight: its grant, gfn and view."""
-
-    ref: GrantRef
-    gfn: Gfn
-    view: memoryview
+_Buf = tuple[GrantRef, Gfn, memoryview]
+"""A buffer page in flight: ``(grant ref, gfn, view)``."""
+_BUF_REF = operator.itemgetter(0)  # _Buf -> its grant ref
+_BUF_PAGE = operator.itemgetter(1, 2)  # _Buf -> (gfn, view), a pool entry
+_PAGE_GFN = operator.itemgetter(0)  # pool entry -> gfn
 
 
 def parse_mac(raw: bytes | None) -> bytes:
@@ -156,12 +169,13 @@ class NetFront(Frontend):
                  events: EventDispatcher, grants: GrantTableClient,
                  pages: PageAllocator) -> None:
         super().__init__(dev, xs, hc, events, grants, pages)
-        self.netdev = NetDevice(f"eth{dev.devid}", self._xmit)
+        self.netdev = NetDevice(f"eth{dev.devid}", self._xmit, try_xmit=self._try_xmit)
         self.backend_features: dict[str, bool] = {}
         self.notifications_sent = 0
         self.events_seen = 0
         self.connected = False
         self._tx: FrontRing[Any, NetifTxResponse] | None = None
+        self._tx_writer: FrontRequestWriter | None = None  # set with _tx
         self._rx: FrontRing[NetifRxRequest, NetifRxResponse] | None = None
         self._port: Port | None = None
         self._waiter: PortWaiter | None = None
@@ -209,6 +223,7 @@ class NetFront(Frontend):
         tx_gfn, tx_view = self.alloc_page()
         rx_gfn, rx_view = self.alloc_page()
         self._tx = FrontRing.init([tx_view], NETIF_TX_CODEC)
+        self._tx_writer = FrontRequestWriter(self._tx, TX_REQ_SLOT)
         self._rx = FrontRing.init([rx_view], NETIF_RX_CODEC)
         tx_ref = self.grant_page(tx_gfn)
         rx_ref = self.grant_page(rx_gfn)
@@ -256,23 +271,35 @@ class NetFront(Frontend):
         self._tx_pages = []
         self._rx_pages = []
         self._tx = self._rx = None
+        self._tx_writer = None
         await super().disconnect()
 
     # -- buffers --------------------------------------------------------------------------
 
     def _end(self, buf: _Buf, pool: list[tuple[Gfn, memoryview]]) -> None:
         """End a buffer grant; recycle its page, or defer both if the backend maps it."""
-        if self.grants.end_foreign_access(buf.ref):
-            pool.append((buf.gfn, buf.view))
+        self._end_many([buf], pool)
+
+    def _end_many(self, bufs: list[_Buf], pool: list[tuple[Gfn, memoryview]]) -> None:
+        """End the grants of retired buffers and recycle their pages; a grant the
+        backend still maps (it should only copy) keeps its ref and page, in
+        ``pending_grants``, never reused."""
+        if not bufs:
             return
-        self.pending_grants.append((buf.ref, buf.gfn))
-        _log.warning("%s: grant %d still in use by the backend; page not reused",
-                     self.dev.path, buf.ref)
+        kept = self.grants.end_foreign_access_many(list(map(_BUF_REF, bufs)))
+        if not kept:
+            pool.extend(map(_BUF_PAGE, bufs))
+            return
+        held = set(kept)
+        for ref, gfn, view in bufs:
+            if ref not in held:
+                pool.append((gfn, view))
+                continue
+            self.pending_grants.append((ref, gfn))
+            _log.warning("%s: grant %d still in use by the backend; page not reused",
+                         self.dev.path, ref)
         if len(self.pending_grants) > MAX_PENDING_GRANTS:
             self._set_broken("backend keeps too many grants mapped")
-
-    def _page(self, pool: list[tuple[Gfn, memoryview]]) -> tuple[Gfn, memoryview]:
-        return pool.pop() if pool else self.alloc_page()
 
     def _alloc_rx_buffers(self) -> None:
         """Post rx requests until ``rx_target`` are outstanding (``xennet_alloc_rx_buffers``)."""
@@ -282,18 +309,22 @@ class NetFront(Frontend):
         want = min(self.rx_target, rx.size) - ((rx.req_prod_pvt - rx.rsp_cons) & _M)
         if want <= 0:
             return
-        reqs = []
-        backend = self.dev.backend_id
+        pool = self._rx_pages
+        while len(pool) < want:
+            pool.append(self.alloc_page())
+        pages = pool[-want:]
+        refs = self.grants.grant_access_many(self.dev.backend_id, list(map(_PAGE_GFN, pages)))
+        del pool[-want:]
+        posted = self._rx_posted
         mask = rx.size - 1
         i = rx.req_prod_pvt
-        for _ in range(want):
+        reqs: list[RxReqTuple] = []
+        for ref, (gfn, view) in zip(refs, pages):
             k = i & mask
-            gfn, view = self._page(self._rx_pages)
-            ref = self.grants.grant_access(backend, gfn)
-            self._rx_posted[k] = _Buf(ref, gfn, view)
-            reqs.append(NetifRxRequest(k, ref))
+            posted[k] = (ref, gfn, view)
+            reqs.append((k, ref))
             i += 1
-        rx.put_requests(reqs)
+        front_put_requests(rx, RX_REQ_SLOT, reqs)
         if rx.push_requests_and_check_notify():
             self._notify()
 
@@ -304,6 +335,40 @@ class NetFront(Frontend):
 
     # -- transmit --------------------------------------------------------------------------
 
+    def _try_xmit(self, frame: bytes) -> bool:
+        """``xennet_start_xmit`` when the ring has room: put one frame on the tx ring.
+
+        NetDevice calls this only while the device is usable.
+
+        Returns:
+            False (nothing done) when the ring or the id pool is full: then
+            :meth:`_xmit` waits for room.
+
+        Raises:
+            ValueError: the frame needs several pages but the backend has no sg.
+        """
+        n = len(frame)
+        if n > XEN_PAGE_SIZE:
+            return self._put_frame(frame, n)
+        tx = self._tx
+        free_ids = self._tx_free_ids
+        if tx is None or not free_ids or tx.free_requests() < 1:
+            return False
+        # one slot (the common case): one page, one grant, one request
+        pool = self._tx_pages
+        gfn, view = pool.pop() if pool else self.alloc_page()
+        view[:n] = frame
+        ref = self.grants.grant_access(self.dev.backend_id, gfn, readonly=True)
+        txid = free_ids.pop()
+        self._tx_inflight[txid] = (ref, gfn, view)
+        self._tx_writer.put((ref, 0, 0, txid, n))  # type: ignore[union-attr]  # set with tx
+        stats = self.netdev.stats
+        stats.tx_packets += 1
+        stats.tx_bytes += n
+        if tx.push_requests_and_check_notify():
+            self._notify()
+        return True
+
     async def _xmit(self, frame: bytes) -> None:
         """``xennet_start_xmit``: put one frame on the tx ring (waits for room).
 
@@ -311,35 +376,43 @@ class NetFront(Frontend):
             ValueError: the frame needs several pages but the backend has no sg.
             NetDeviceError: the device broke, closed or went down.
         """
-        n = len(frame)
-        nslots = (n + XEN_PAGE_SIZE - 1) // XEN_PAGE_SIZE
-        if nslots > 1 and not self._sg:
-            raise ValueError(f"{n}-byte frame needs {nslots} slots; backend lacks feature-sg")
         while True:
             self.netdev.check()
-            tx = self._tx
-            if tx is None:
+            if self._tx is None:
                 raise NetDeviceClosed(f"{self.netdev.name}: device not connected")
-            if tx.free_requests() >= nslots and len(self._tx_free_ids) >= nslots:
-                break
+            if self._try_xmit(frame):
+                return
             await self._tx_lot.park()
+
+    def _put_frame(self, frame: bytes, n: int) -> bool:
+        """A frame of several slots: each page-sized fragment copied into its own
+        page granted read-only; the first slot's size is the whole frame."""
+        nslots = (n + XEN_PAGE_SIZE - 1) // XEN_PAGE_SIZE
+        if not self._sg:
+            raise ValueError(f"{n}-byte frame needs {nslots} slots; backend lacks feature-sg")
+        tx = self._tx
+        if tx is None or tx.free_requests() < nslots or len(self._tx_free_ids) < nslots:
+            return False
         backend = self.dev.backend_id
-        reqs = []
+        pool = self._tx_pages
+        reqs: list[TxReqTuple] = []
         for s in range(nslots):
             chunk = frame[s * XEN_PAGE_SIZE:(s + 1) * XEN_PAGE_SIZE]
-            gfn, view = self._page(self._tx_pages)
+            gfn, view = pool.pop() if pool else self.alloc_page()
             view[:len(chunk)] = chunk
             ref = self.grants.grant_access(backend, gfn, readonly=True)
             txid = self._tx_free_ids.pop()
-            self._tx_inflight[txid] = _Buf(ref, gfn, view)
+            self._tx_inflight[txid] = (ref, gfn, view)
             more = s < nslots - 1
-            reqs.append(NetifTxRequest(ref, 0, NETTXF_more_data if more else 0, txid,
-                                       n if s == 0 else len(chunk)))
-        tx.put_requests(reqs)
-        self.netdev.stats.tx_packets += 1
-        self.netdev.stats.tx_bytes += n
+            reqs.append((ref, 0, NETTXF_more_data if more else 0, txid,
+                         n if s == 0 else len(chunk)))
+        front_put_requests(tx, TX_REQ_SLOT, reqs)
+        stats = self.netdev.stats
+        stats.tx_packets += 1
+        stats.tx_bytes += n
         if tx.push_requests_and_check_notify():
             self._notify()
+        return True
 
     def _tx_buf_gc(self) -> None:
         """``xennet_tx_buf_gc``: retire answered tx slots (validating each response)."""
@@ -356,22 +429,30 @@ class NetFront(Frontend):
                 f"tx: {n} responses published but only {outstanding} requests outstanding")
         stats = self.netdev.stats
         inflight = self._tx_inflight
-        for idx in range(cons, cons + n):
-            rsp = tx.copy_response(idx & _M)
-            if rsp.error is not None or rsp.status == NETIF_RSP_NULL:
-                raise PeerProtocolError(f"tx response {rsp}: bad status")
-            if not 0 <= rsp.id < NET_TX_RING_SIZE:
-                raise PeerProtocolError(f"tx response id {rsp.id} out of range")
-            buf = inflight[rsp.id]
-            if buf is None:
-                raise PeerProtocolError(f"tx response for inactive request id {rsp.id}")
-            inflight[rsp.id] = None
-            tx.rsp_cons = (idx + 1) & _M
-            if rsp.status != NETIF_RSP_OKAY:
-                stats.tx_errors += 1
-            self._tx_free_ids.append(rsp.id)
-            self._end(buf, self._tx_pages)
-        self._tx_lot.unpark_all()
+        free_ids = self._tx_free_ids
+        done: list[_Buf] = []
+        idx = cons
+        try:
+            for rid, status in front_copy_responses(tx, TX_RSP_SLOT, cons, n):
+                if status not in _TX_OK_STATUS:
+                    raise PeerProtocolError(
+                        f"tx response {tx_response((rid, status))}: bad status")
+                if not 0 <= rid < NET_TX_RING_SIZE:
+                    raise PeerProtocolError(f"tx response id {rid} out of range")
+                buf = inflight[rid]
+                if buf is None:
+                    raise PeerProtocolError(f"tx response for inactive request id {rid}")
+                inflight[rid] = None
+                idx += 1
+                if status != NETIF_RSP_OKAY:
+                    stats.tx_errors += 1
+                free_ids.append(rid)
+                done.append(buf)
+        finally:
+            tx.rsp_cons = idx & _M
+            self._end_many(done, self._tx_pages)
+        if self._tx_lot:
+            self._tx_lot.unpark_all()
 
     # -- receive ---------------------------------------------------------------------------
 
@@ -402,21 +483,44 @@ class NetFront(Frontend):
                 f"rx: {n} responses published but only {posted} buffers posted")
         mask = rx.size - 1
         posted_bufs = self._rx_posted
-        for idx in range(cons, cons + n):
-            k = idx & mask
-            rsp = rx.copy_response(idx & _M)
-            buf = posted_bufs[k]
-            if buf is None:  # cannot happen while n <= posted; keep the invariant loud
-                raise PeerProtocolError(f"rx response in slot {k}, which is not posted")
-            if self._rx_extras:
-                self._rx_extra(rsp)
-            else:
-                self._rx_data(rsp, k, buf)
-            posted_bufs[k] = None
-            rx.rsp_cons = (idx + 1) & _M
-            self._end(buf, self._rx_pages)
-            if self._rx_data_done and not self._rx_extras:
-                self._finish_frame()
+        netdev = self.netdev
+        max_len = netdev.max_frame_len
+        done: list[_Buf] = []
+        idx = cons
+        try:
+            for fields in front_copy_responses(rx, RX_RSP_SLOT, cons, n):
+                k = idx & mask
+                buf = posted_bufs[k]
+                if buf is None:  # cannot happen while n <= posted; keep the invariant loud
+                    raise PeerProtocolError(f"rx response in slot {k}, which is not posted")
+                rid, offset, flags, status = fields
+                if (not flags and rid == k and status >= 0 and offset + status <= XEN_PAGE_SIZE
+                        and not self._rx_extras and not self._rx_slots):
+                    # the common case: a whole frame in one slot (the checks of
+                    # _rx_data and _finish_frame for a one-slot chain, in one place)
+                    data = bytes(buf[2][offset:offset + status])
+                    posted_bufs[k] = None
+                    idx += 1
+                    done.append(buf)
+                    if ETH_HLEN <= status <= max_len:
+                        netdev.deliver(data)
+                    else:
+                        netdev.stats.rx_length_errors += 1
+                        netdev.stats.rx_errors += 1
+                    continue
+                rsp = rx_response(fields)
+                if self._rx_extras:
+                    self._rx_extra(rsp)
+                else:
+                    self._rx_data(rsp, k, buf)
+                posted_bufs[k] = None
+                idx += 1
+                done.append(buf)
+                if self._rx_data_done and not self._rx_extras:
+                    self._finish_frame()
+        finally:  # what was consumed is retired even when the backend broke the device
+            rx.rsp_cons = idx & _M
+            self._end_many(done, self._rx_pages)
         self._alloc_rx_buffers()
         return n
 
@@ -438,7 +542,7 @@ class NetFront(Frontend):
         if rsp.status < 0:  # NETIF_RSP_ERROR / DROPPED: this frame is lost
             self._rx_chain_error = True
         elif not self._rx_chain_error:
-            self._rx_parts.append(bytes(buf.view[rsp.offset:rsp.offset + rsp.status]))
+            self._rx_parts.append(bytes(buf[2][rsp.offset:rsp.offset + rsp.status]))
 
     def _rx_extra(self, rsp: NetifRxResponse) -> None:
         """One extra-info slot (``xennet_get_extras``): validated, then ignored."""

@@ -14,6 +14,7 @@ from hypervisor.grant_table import (
     GNTCOPY_dest_gref,
     GNTCOPY_source_gref,
     GntCopyPtr,
+    GntError,
     GNTMAP_device_map,
     GNTMAP_host_map,
     GNTMAP_readonly,
@@ -394,3 +395,204 @@ def test_unreachable_gntst_codes_are_documented() -> None:
     doc = gtm.__doc__ or ""
     for name in ("bad_virt_addr", "no_device_space", "address_too_big", "eagain"):
         assert f"GNTST_{name}" in doc
+
+
+# -- GNTTABOP_copy: the flat form, the inline path, and a differential check ---------------------
+
+
+def test_flat_copy_ops_mix_with_records_and_match_them(
+        hv: Hypervisor, dom0: HypercallInterface, guest: HypercallInterface,
+        client: GrantTableClient) -> None:
+    guest.memory.write(1, 0, b"from the guest")
+    src = client.grant_access(0, 1, readonly=True)
+    dst = client.grant_access(0, 2)
+    d = guest.domid
+    rec = GntCopy(GntCopyPtr(src, d, 0), GntCopyPtr(7, DOMID_SELF, 0), 14, GNTCOPY_source_gref)
+    assert rec.flat() == (src, d, 0, 7, DOMID_SELF, 0, 14, GNTCOPY_source_gref)
+    ops = [rec, (7, DOMID_SELF, 0, dst, d, 100, 14, GNTCOPY_dest_gref),
+           (src, d, 0, dst, d, 100, 14, GNTCOPY_dest_gref)]  # source not a gref: SELF only
+    assert dom0.grant_copy(ops) == [GNTST_okay, GNTST_okay, GNTST_permission_denied]
+    assert guest.memory.read(2, 100, 14) == b"from the guest"
+    assert hv.resource_counts()["grant_pins"] == 0
+    assert raw_entry(guest, src)[0] == GTF_permit_access | GTF_readonly
+    assert raw_entry(guest, dst)[0] == GTF_permit_access
+    hv.check_invariants()
+
+
+def test_malformed_copy_element_faults_the_call(dom0: HypercallInterface,
+                                                guest: HypercallInterface,
+                                                client: GrantTableClient) -> None:
+    ref = client.grant_access(0, 1)
+    good = (ref, guest.domid, 0, 7, DOMID_SELF, 0, 4, GNTCOPY_source_gref)
+    for junk in [(1, 2, 3), "abc", None, (ref, guest.domid, "x", 7, DOMID_SELF, 0, 4, 1)]:
+        with pytest.raises(XenError) as ei:
+            dom0.grant_copy([good, junk])  # type: ignore[list-item]
+        assert ei.value.errno == Errno.EFAULT
+    assert dom0.grant_copy([good]) == [GNTST_okay]
+
+
+def test_copy_from_a_grant_that_is_also_mapped_keeps_the_mapping_pins(
+        hv: Hypervisor, dom0: HypercallInterface, make_domu: MakeDomU,
+        guest: HypercallInterface, client: GrantTableClient) -> None:
+    other = make_domu(name="other")
+    guest.memory.write(1, 0, b"mapped page")
+    ref = client.grant_access(0, 1)
+    m = dom0.grant_map_one(guest.domid, ref, readonly=True)
+    theirs = client.grant_access(other.domid, 2)
+    t = other.grant_map_one(guest.domid, theirs)
+    d = guest.domid
+    ops = [(ref, d, 0, 7, DOMID_SELF, 0, 11, GNTCOPY_source_gref),  # read while mapped r/o
+           (7, DOMID_SELF, 0, ref, d, 0, 1, GNTCOPY_dest_gref),  # write: now pinned r/w
+           (theirs, d, 0, 7, DOMID_SELF, 0, 4, GNTCOPY_source_gref)]  # pinned by another
+    assert dom0.grant_copy(ops) == [GNTST_okay, GNTST_okay, GNTST_general_error]
+    assert dom0.memory.read(7, 0, 11) == b"mapped page"
+    pins = hv.domains.get(d).grant_table.active[ref]  # type: ignore[union-attr]
+    assert (pins.pin_r, pins.pin_w) == (1, 0)
+    assert raw_entry(guest, ref)[0] & (GTF_reading | GTF_writing) == GTF_reading
+    assert dom0.grant_unmap_one(m.handle) == other.grant_unmap_one(t.handle) == GNTST_okay
+    assert hv.resource_counts()["grant_pins"] == 0
+    hv.check_invariants()
+
+
+def _reference_copy(hv: Hypervisor, caller_id: int, op: tuple[int, ...]) -> int:
+    """GNTTABOP_copy of one element, the plain way: check the arguments and both
+    sides, pin each grant side through the active-entry path, copy, unpin."""
+    gts = hv.gnttab
+    caller = hv.domains.get(caller_id)
+    assert caller is not None
+    s_u, s_dom, s_off, d_u, d_dom, d_off, n, flags = op
+    if min(n, s_off, d_off) < 0 or s_off + n > PAGE_SIZE or d_off + n > PAGE_SIZE:
+        return GNTST_bad_copy_arg
+    sides = []
+    for dom, is_gref in ((s_dom, flags & GNTCOPY_source_gref),
+                         (d_dom, flags & GNTCOPY_dest_gref)):
+        if dom != DOMID_SELF and not is_gref:
+            return GNTST_permission_denied
+        d = caller if dom in (DOMID_SELF, caller_id) else hv.domains.get(dom)
+        if d is None or d.dying:
+            return GNTST_bad_domain
+        sides.append(d)
+    pinned = []
+    try:
+        mfns = []
+        for (d, u, is_gref, ro) in ((sides[0], s_u, flags & GNTCOPY_source_gref, True),
+                                    (sides[1], d_u, flags & GNTCOPY_dest_gref, False)):
+            if is_gref:
+                mfns.append(gts._pin(caller, d, u, ro).mfn)
+                pinned.append((d, u, ro))
+            else:
+                mfns.append(gts._own_frame(caller, u))
+        data = bytes(hv.machine.frame(mfns[0])[s_off:s_off + n])
+        hv.machine.frame(mfns[1])[d_off:d_off + n] = data
+    except GntError as e:
+        return e.status
+    finally:
+        for d, u, ro in reversed(pinned):
+            gts._unpin(d, u, ro)
+    return GNTST_okay
+
+
+def _copy_world() -> tuple[Hypervisor, dict[str, int], dict[str, int]]:
+    """A host where dom0 may copy to and from every kind of grant (deterministic)."""
+    import random
+
+    from hypervisor.domain import DomainConfig
+
+    hv = Hypervisor(memory_bytes=64 << 20, dom0_pages=64)
+    dom0 = hv.interface(0)
+
+    def domu(name: str) -> HypercallInterface:
+        domid = dom0.domctl_createdomain(DomainConfig(name=name, nr_pages=16, max_pages=64))
+        dom0.domctl_unpausedomain(domid)
+        return hv.interface(domid)
+
+    guest, other, doomed = domu("guest"), domu("other"), domu("doomed")
+    rng = random.Random(1)
+    for hc, pages in ((dom0, range(8)), (guest, range(16)), (doomed, range(2))):
+        for gfn in pages:
+            hc.memory.write(gfn, 0, rng.randbytes(PAGE_SIZE))
+    c, o, z = GrantTableClient(guest), GrantTableClient(other), GrantTableClient(doomed)
+    refs = {
+        "rw": c.grant_access(0, 1), "rw2": c.grant_access(0, 2),
+        "ro": c.grant_access(0, 3, readonly=True),
+        "other's": c.grant_access(other.domid, 4),
+        "unpopulated": c.grant_access(0, 40), "never granted": 300, "beyond": 5000,
+        "mapped ro": c.grant_access(0, 5), "mapped rw": c.grant_access(0, 6),
+        "mapped by other": c.grant_access(other.domid, 7),
+    }
+    assert dom0.grant_map_one(guest.domid, refs["mapped ro"], readonly=True).status == 0
+    assert dom0.grant_map_one(guest.domid, refs["mapped rw"]).status == 0
+    assert other.grant_map_one(guest.domid, refs["mapped by other"]).status == 0
+    c.write_entry(refs["ro"] + 100, 0, 8, 0x7)  # a junk entry: permit|readonly|bit 1
+    refs["junk"] = refs["ro"] + 100
+    zref = z.grant_access(0, 1)
+    assert dom0.grant_map_one(doomed.domid, zref).status == 0
+    dom0.domctl_destroydomain(doomed.domid)  # a zombie granter
+    o.grant_access(0, 1)
+    doms = {"guest": guest.domid, "other": other.domid, "zombie": doomed.domid,
+            "self": DOMID_SELF, "dom0": 0, "none": 999}
+    refs["zombie's"] = zref
+    return hv, doms, refs
+
+
+def test_copy_matches_the_plain_per_element_algorithm() -> None:
+    """Random batches give the statuses, bytes, entries and pins of the reference."""
+    import random
+
+    fast, doms, refs = _copy_world()
+    ref_hv, _, _ = _copy_world()
+    rng = random.Random(7)
+    gfns = [0, 1, 7, 63, 64, 5000]
+    for _ in range(150):
+        batch = []
+        for _ in range(rng.randrange(1, 24)):
+            flags = rng.choice([GNTCOPY_source_gref, GNTCOPY_dest_gref, 0,
+                                GNTCOPY_source_gref | GNTCOPY_dest_gref, 4])
+            sides = []
+            for is_gref in (flags & GNTCOPY_source_gref, flags & GNTCOPY_dest_gref):
+                if is_gref or rng.random() < 0.1:
+                    u = rng.choice(list(refs.values()))
+                    dom = doms[rng.choice(["guest"] * 6 + list(doms))]
+                else:
+                    u, dom = rng.choice(gfns), rng.choice([DOMID_SELF] * 8 + [0, 1])
+                sides.append((u, dom, rng.choice([0] * 8 + [1, 100, 2000, 4095, 4096, -1])))
+            n = rng.choice([1, 60, 1514] * 4 + [0, 2100, 4096, 4097, -2])
+            batch.append((*sides[0], *sides[1], n, flags))
+        got = fast.interface(0).grant_copy(batch)
+        want = [_reference_copy(ref_hv, 0, op) for op in batch]
+        assert got == want, batch
+    for name in ("guest", "other", "dom0"):
+        a = fast.domains.get(doms[name])
+        b = ref_hv.domains.get(doms[name])
+        assert a is not None and b is not None
+        for gfn in range(16):
+            ma, mb = a.p2m.get(gfn), b.p2m.get(gfn)
+            assert bytes(fast.machine.frame(ma)) == bytes(ref_hv.machine.frame(mb)), (name, gfn)
+        assert bytes(fast.machine.frame(a.grant_table.frames[0])) == \
+            bytes(ref_hv.machine.frame(b.grant_table.frames[0]))
+        assert {r: (e.pin_r, e.pin_w) for r, e in a.grant_table.active.items()} == \
+            {r: (e.pin_r, e.pin_w) for r, e in b.grant_table.active.items()}
+    fast.check_invariants()
+
+
+def test_client_batch_grant_and_end_match_one_at_a_time(
+        hv: Hypervisor, dom0: HypercallInterface, guest: HypercallInterface,
+        client: GrantTableClient) -> None:
+    refs = client.grant_access_many(0, [1, 2, 3], readonly=True)
+    assert [raw_entry(guest, r) for r in refs] == [
+        (GTF_permit_access | GTF_readonly, 0, gfn) for gfn in (1, 2, 3)]
+    m = dom0.grant_map_one(guest.domid, refs[1], readonly=True)
+    assert client.end_foreign_access_many(refs) == [refs[1]]  # mapped: kept
+    assert [raw_entry(guest, r)[0] for r in refs] == [0, GTF_permit_access | GTF_readonly
+                                                      | GTF_reading, 0]
+    assert dom0.grant_unmap_one(m.handle) == GNTST_okay
+    assert client.end_foreign_access_many([refs[1]]) == []
+    # more pages than free refs: the table grows; a gfn that does not fit grants nothing
+    free = client.free_count
+    many = client.grant_access_many(0, list(range(free + 3)))
+    assert len(set(many)) == free + 3 and client.free_count == 512 - 3
+    with pytest.raises(ValueError):
+        client.grant_access_many(0, [1, 2**32])
+    assert client.free_count == 512 - 3
+    assert client.end_foreign_access_many(many) == []
+    hv.check_invariants()
