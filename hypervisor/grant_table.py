@@ -596,7 +596,7 @@ class GrantTables:
         out: list[int] = []
         append = out.append
         machine = self._machine
-        frame = machine.frame
+        move = machine.move  # memmove between machine addresses (mfn << 12 | offset)
         owner = machine.owner
         me = caller.domid
         own_p2m = caller.p2m.get
@@ -643,7 +643,7 @@ class GrantTables:
                             or dmfn == INVALID_MFN or owner[dmfn] != me):
                         append(GNTST_bad_page)
                         continue
-                    frame(dmfn)[d_off:d_off + n] = frame(smfn)[s_off:s_off + n]
+                    move(dmfn << PAGE_SHIFT | d_off, smfn << PAGE_SHIFT | s_off, n)
                     append(GNTST_okay)
                     continue
                 # one side a grant (ref), the other an own page: Xen checks the source first
@@ -680,10 +680,10 @@ class GrantTables:
                     continue
                 if writable:
                     flags16[i] = e_flags | GTF_reading | GTF_writing
-                    frame(gmfn)[d_off:d_off + n] = frame(own_mfn)[s_off:s_off + n]
+                    move(gmfn << PAGE_SHIFT | d_off, own_mfn << PAGE_SHIFT | s_off, n)
                 else:
                     flags16[i] = e_flags | GTF_reading
-                    frame(own_mfn)[d_off:d_off + n] = frame(gmfn)[s_off:s_off + n]
+                    move(own_mfn << PAGE_SHIFT | d_off, gmfn << PAGE_SHIFT | s_off, n)
                 flags16[i] &= _UNPIN
                 append(GNTST_okay)
         except (TypeError, ValueError, AttributeError):

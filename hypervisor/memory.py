@@ -105,6 +105,11 @@ class MachineMemory:
             self._mmap = mmap.mmap(self._file.fileno(), length, flags=mmap.MAP_SHARED)
             self._anonymous = False
         self._mv = memoryview(self._mmap)
+        self.move: Callable[[int, int, int], None] = self._mmap.move
+        """``move(dest, src, count)``: memmove between machine byte addresses
+        (``mfn << PAGE_SHIFT | offset``), hypervisor-internal like :meth:`frame`;
+        the caller has checked both ranges lie inside frames it may touch
+        (``mmap.move`` itself only refuses ranges outside machine memory)."""
         self.owner = array("H", [DOMID_INVALID]) * self.nr_frames
         self._bump = 0
         self._free: list[int] = []
