@@ -381,6 +381,12 @@ def make_responses(reqs: Iterable[BlkifAnyRequest], status: int) -> list[BlkifRe
     Returns:
         One response per request, in order.
     """
+    reqs = reqs if isinstance(reqs, list) else list(reqs)
+    if reqs and set(map(type, reqs)) == _JUST_RW:
+        ops, _h, ids, _s, _g, _n, errors = zip(*reqs)
+        if errors.count(None) == len(errors):  # all well-formed: build by column
+            return list(map(_new, _repeat(BlkifResponse),
+                            zip(ids, ops, _repeat(status), _repeat(None))))
     out = []
     for req in reqs:
         if req.error is not None:
