@@ -11,7 +11,7 @@
 (b) Random 4 KiB reads over the same image (32 in flight in the guest) vs
     native ``os.pread`` of the same offsets.
 
-Both sides run ROUNDS (2) times on fresh files, alternating which goes first
+Both sides run ROUNDS (4) times on fresh files, alternating which goes first
 (the first writer of a fresh file pays for page-cache pages the machine has
 not backed yet); times are summed over the rounds.
 
@@ -53,7 +53,7 @@ DEPTH = 4  # 1 MiB writes/reads in flight
 RANDOM_DEPTH = 32
 TARGET_SEQ = 0.9
 TARGET_RANDOM = 0.5
-ROUNDS = 2  # native and guest alternate which goes first
+ROUNDS = 4  # native and guest alternate which goes first
 
 
 class BenchBlkFront(BlkFront):
