@@ -22,8 +22,10 @@ tasks, open files) is back at its value right after boot; if not,
 
 ``dom.console`` is a domain's primary console; ``dom.consoles[N]`` reaches
 every console by number, as ``xl console -n N`` counts them. Secondary
-consoles come from :func:`~dom0.toolstack.builder.console_device_request` at
-create time (``host.create(config, devices=[...])``) or from
+consoles come from the config's ``channels`` (channel ``i`` is console
+``i + 1``, as in libxl), from
+:func:`~dom0.toolstack.builder.console_device_request` at create time
+(``host.create(config, devices=[...])``) or from
 :meth:`DomainHandle.attach_console` later.
 """
 
@@ -167,7 +169,7 @@ class SecondaryConsole:
 
     Served by :class:`~dom0.backends.consoleback.ConsoleBack`: output and
     input flow while the guest's frontend is connected. Get one with
-    ``dom.consoles[N]``.
+    ``dom.consoles[N]``. A channel (xl.cfg ``channel=``) is a named one.
 
     Attributes:
         devid: the console number (>= 1).
@@ -180,6 +182,28 @@ class SecondaryConsole:
 
     def __repr__(self) -> str:
         return f"<SecondaryConsole d{self._rec.domid} console/{self.devid}>"
+
+    def _key(self, key: str) -> str | None:
+        """A backend key as the toolstack recorded it (trusted; never read back from xenstore)."""
+        for req in self._rec.devices:
+            if (req.kind, req.devid) == ("console", self.devid):
+                return req.backend.get(key)
+        return None
+
+    @property
+    def name(self) -> str | None:
+        """The channel name (None for an unnamed console)."""
+        return self._key("name")
+
+    @property
+    def connection(self) -> str:
+        """``socket`` for a socket channel, else ``pty`` (the default, even unnamed)."""
+        return self._key("connection") or "pty"
+
+    @property
+    def path(self) -> str | None:
+        """The Unix socket of a ``connection=socket`` channel (None otherwise)."""
+        return self._key("path")
 
     def backend(self) -> ConsoleBack | None:
         """The backend instance serving it now (None before it exists and after unplug)."""
