@@ -68,6 +68,8 @@ UNIX_PATH_MAX = 107
 """Longest socket path in bytes (``sizeof(sun_path)`` is 108 on Linux, NUL included)."""
 LISTEN_BACKLOG = 4
 """Clients the kernel queues while one is being served."""
+LIVENESS_TIMEOUT = 1.0
+"""Seconds to wait for a connect that tells a live socket from a stale one."""
 ACCEPT_RETRY_DELAY = 0.1
 """Seconds to wait after ``accept`` failed for lack of resources (EMFILE, ENOBUFS...)."""
 
@@ -98,9 +100,13 @@ def check_socket_path(path: str) -> None:
 
 
 async def _is_live(path: str) -> bool:
-    """Does a server accept connections on the socket at ``path``?"""
+    """Does a server accept connections on the socket at ``path``?
+
+    A connect that neither succeeds nor is refused within
+    :data:`LIVENESS_TIMEOUT` counts as live (never replace what might be).
+    """
     probe = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    with probe:
+    with probe, trio.move_on_after(LIVENESS_TIMEOUT):
         try:
             await probe.connect(path)
         except (ConnectionRefusedError, FileNotFoundError):
