@@ -22,9 +22,13 @@ tasks, open files) is back at its value right after boot; if not,
 
 ``dom.console`` is a domain's primary console; ``dom.consoles[N]`` reaches
 every console by number, as ``xl console -n N`` counts them. Secondary
-consoles come from :func:`~dom0.toolstack.builder.console_device_request` at
-create time (``host.create(config, devices=[...])``) or from
-:meth:`DomainHandle.attach_console` later.
+consoles come from the config's ``channels`` (channel ``i`` is console
+``i + 1``, as in libxl), from
+:func:`~dom0.toolstack.builder.console_device_request` at create time
+(``host.create(config, devices=[...])``) or from
+:meth:`DomainHandle.attach_console` later. A ``connection=socket`` channel is
+also reachable from outside through its Unix socket
+(:attr:`SecondaryConsole.path`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import dom0.backends.blkback  # registers the vbd backend
 import dom0.backends.netback  # noqa: F401  (registers the vif backend)
 from dom0.backends.bus import Backend
 from dom0.backends.consoleback import ConsoleBack  # registers the console backend
+from dom0.console.chardev import listening_sockets
 from dom0.console.daemon import ConsoleGone, ConsoleSession, ConsoleStats
 from dom0.kernel import Dom0Kernel
 from dom0.toolstack.builder import (
@@ -167,7 +172,9 @@ class SecondaryConsole:
 
     Served by :class:`~dom0.backends.consoleback.ConsoleBack`: output and
     input flow while the guest's frontend is connected. Get one with
-    ``dom.consoles[N]``.
+    ``dom.consoles[N]``. A channel (xl.cfg ``channel=``) is a named one;
+    with ``connection=socket`` a client of its Unix socket sees the same
+    output and types into the same input as this handle does.
 
     Attributes:
         devid: the console number (>= 1).
@@ -180,6 +187,56 @@ class SecondaryConsole:
 
     def __repr__(self) -> str:
         return f"<SecondaryConsole d{self._rec.domid} console/{self.devid}>"
+
+    def _key(self, key: str) -> str | None:
+        """A backend key as the toolstack recorded it (trusted; never read back from xenstore)."""
+        for req in self._rec.devices:
+            if (req.kind, req.devid) == ("console", self.devid):
+                return req.backend.get(key)
+        return None
+
+    @property
+    def name(self) -> str | None:
+        """The channel name (None for an unnamed console)."""
+        return self._key("name")
+
+    @property
+    def connection(self) -> str:
+        """``socket`` for a socket channel, else ``pty`` (the default, even unnamed)."""
+        return self._key("connection") or "pty"
+
+    @property
+    def path(self) -> str | None:
+        """The Unix socket of a ``connection=socket`` channel (None otherwise)."""
+        return self._key("path")
+
+    @property
+    def client_connected(self) -> bool:
+        """A client of the channel's socket is being served now."""
+        back = self.backend()
+        return back is not None and back.client_connected
+
+    async def wait_client(self, timeout: float = 10.0) -> None:
+        """Wait until a client of the channel's socket is being served.
+
+        From then on the client gets all the guest's output (earlier output
+        is only in :meth:`log`).
+
+        Raises:
+            TimeoutError: not within ``timeout`` seconds (trio clock), or the
+                device was unplugged first.
+            ValueError: not a ``connection=socket`` channel.
+        """
+        if self.connection != "socket":
+            raise ValueError(f"console {self.devid} is not a connection=socket channel")
+        with trio.fail_after(timeout):
+            while True:
+                back = self.backend()
+                if back is None or back.removed:
+                    raise TimeoutError(f"console {self.devid} went away without a client")
+                if back.client_connected:
+                    return
+                await back.wait_changed()
 
     def backend(self) -> ConsoleBack | None:
         """The backend instance serving it now (None before it exists and after unplug)."""
@@ -540,6 +597,7 @@ class Host:
             counts[f"xenstore_{key}"] = xs[key]
         counts["console_domains"] = len(self.kernel.console.domains())
         counts["backend_devices"] = len(self.kernel.backends.devices)
+        counts["channel_sockets"] = len(listening_sockets())  # socket files not removed
         counts["bridge_ports"] = sum(len(b.ports) for b in self.kernel.bridges.values())
         counts["toolstack_records"] = len(self.toolstack.records)
         counts["tasks"] = _count_tasks(self._nursery)

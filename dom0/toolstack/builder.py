@@ -64,7 +64,15 @@ import trio
 from dom0.backends.bus import Backend
 from dom0.backends.consoleback import ConsoleBack
 from dom0.kernel import Dom0Kernel
-from dom0.toolstack.config import XEN_OUI, Action, ConfigError, DiskSpec, GuestConfig, VifSpec
+from dom0.toolstack.config import (
+    XEN_OUI,
+    Action,
+    ChannelSpec,
+    ConfigError,
+    DiskSpec,
+    GuestConfig,
+    VifSpec,
+)
 from dom0.toolstack.xlcfg import vdev_number
 from domu.xenstore import XenStoreClient, XenStoreError, XenStoreTransaction, read_or_none
 from hypervisor.domain import (
@@ -103,6 +111,7 @@ __all__ = [
     "DeviceRequest",
     "DomainRecord",
     "Toolstack",
+    "channel_device_request",
     "console_device_request",
     "load_program",
     "vbd_device_request",
@@ -347,7 +356,7 @@ class Toolstack:
             # libxl restarts from the domain's stored config, which includes
             # devices hot-plugged since create and the MACs it generated: the
             # devices come from our record, not from the original config.
-            restart = dataclasses.replace(rec.config, disks=[], vifs=[])
+            restart = dataclasses.replace(rec.config, disks=[], vifs=[], channels=[])
             try:
                 rec.successor = await self.create(restart, devices=list(rec.devices))
             except Exception as exc:  # a failed restart leaves the domain destroyed
@@ -377,6 +386,8 @@ class Toolstack:
             reqs.append(_vbd_request(disk))
         for i, vif in enumerate(config.vifs):
             reqs.append(_vif_request(vif, i, self.new_mac))
+        for i, channel in enumerate(config.channels):  # libxl: channel i is console i + 1
+            reqs.append(channel_device_request(i + 1, channel))
         reqs.extend(extra)
         seen: set[tuple[str, int]] = set()
         for r in reqs:
@@ -395,8 +406,10 @@ class Toolstack:
 
         Args:
             config: the guest (user-controlled; validated first).
-            devices: extra devices beyond ``config.disks`` / ``config.vifs``
-                (device types without xl.cfg syntax).
+            devices: extra devices beyond ``config.disks`` / ``config.vifs`` /
+                ``config.channels`` (device types without xl.cfg syntax); a
+                console here must not reuse a channel's number (channel ``i``
+                is console ``i + 1``).
 
         Returns:
             The record, once the guest kernel reported it booted.
@@ -984,6 +997,44 @@ def console_device_request(devid: int, name: str | None = None) -> DeviceRequest
                               "ASCII characters")
         back["name"] = front["name"] = name
     return DeviceRequest("console", devid, backend=back, frontend=front)
+
+
+CHANNEL_CHARDEV_OUTPUT = "chardev:libxl-channel{devid}"
+"""Frontend ``output`` of a ``connection=socket`` channel: QEMU's ``-chardev`` id in libxl."""
+
+
+def channel_device_request(devid: int, channel: ChannelSpec) -> DeviceRequest:
+    """The console device an xl.cfg ``channel=`` entry becomes (libxl's channel keys).
+
+    libxl's ``libxl__init_console_from_channel`` and ``libxl__device_console_add``:
+    the :func:`console_device_request` keys with the channel's ``name``, plus
+
+    backend
+        ``connection`` (``pty`` or ``socket``) and, for ``socket``, ``path``
+        (the Unix socket the backend listens on; dom0-owned, read-only to
+        the guest);
+    frontend
+        ``output``: ``pty``, or ``chardev:libxl-channel<devid>`` for ``socket``
+        (in Xen it names the QEMU character device proxying the console).
+
+    Args:
+        devid: the console number, >= 1: channel ``i`` of a config is
+            console ``i + 1`` (caller-controlled).
+        channel: the channel (user-controlled; validated here).
+
+    Raises:
+        ConfigError: ``devid`` < 1 or a bad channel (see :meth:`ChannelSpec.validate`).
+    """
+    channel.validate()
+    req = console_device_request(devid, channel.name)
+    back = {**req.backend, "connection": channel.connection}
+    output = CONSOLE_OUTPUT_PTY
+    if channel.connection == "socket":
+        assert channel.path is not None  # validate() checked it
+        back["path"] = channel.path
+        output = CHANNEL_CHARDEV_OUTPUT.format(devid=devid)
+    return DeviceRequest("console", devid, backend=back,
+                         frontend={**req.frontend, "output": output})
 
 
 def _vbd_request(disk: Any) -> DeviceRequest:

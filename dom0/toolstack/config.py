@@ -2,13 +2,16 @@
 
 One dataclass per thing xl.cfg describes (``man xl.cfg``): the guest as a
 whole (:class:`GuestConfig`), each disk (:class:`DiskSpec`, xl-disk-
-configuration) and each network interface (:class:`VifSpec`,
-xl-network-configuration). The xl.cfg parser produces these; the domain
-builder consumes them; Python users build them directly::
+configuration), each network interface (:class:`VifSpec`,
+xl-network-configuration) and each channel (:class:`ChannelSpec`, xl.cfg's
+``channel=``). The xl.cfg parser produces these; the domain builder consumes
+them; Python users build them directly::
 
     GuestConfig(name="web", kernel="examples.hello:main", memory=64,
                 disks=[DiskSpec(vdev="xvda", target="/tmp/web.img")],
-                vifs=[VifSpec(bridge="xenbr0")])
+                vifs=[VifSpec(bridge="xenbr0")],
+                channels=[ChannelSpec(name="org.example.agent.0", connection="socket",
+                                      path="/run/web-agent.sock")])
 
 Defaults are xl's. :meth:`GuestConfig.validate` raises :class:`ConfigError`
 with a message that says what was expected; it never lets a bad value reach
@@ -24,6 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 XEN_OUI = "00:16:3e"
+UNIX_PATH_MAX = 107
+"""Longest Unix socket path in bytes (``sizeof(sun_path)`` is 108 on Linux, NUL included)."""
+CHANNEL_CONNECTIONS = ("pty", "socket")
+"""xl.cfg ``channel`` ``connection=`` values (libxl_channel_connection)."""
 
 
 class ConfigError(ValueError):
@@ -129,6 +136,79 @@ class VifSpec:
             raise ConfigError(f"vif mtu {self.mtu}: expected 68..65535")
 
 
+_CHANNEL_FORBIDDEN = frozenset(',="')
+
+
+def _channel_text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a CHANNEL_SPEC value (None if it can)."""
+    if not value:
+        return "must not be empty"
+    if value != value.strip():
+        return "must not start or end with whitespace (xl strips it)"
+    if _CHANNEL_FORBIDDEN & set(value):
+        return "must not contain ',', '=' or '\"' (xl.cfg(5))"
+    if not value.isprintable():
+        return "must be printable (no control characters)"
+    return None
+
+
+@dataclass
+class ChannelSpec:
+    """One ``channel=`` entry: a named secondary PV console (xl.cfg(5), ``xen-pv-channel(7)``).
+
+    libxl turns the channel at index ``i`` of the list into console device
+    ``i + 1`` (``device/console/<i+1>``, ``hvc<i+1>`` in the guest), served by
+    a device model (in xensim: :mod:`dom0.backends.consoleback`).
+
+    Args:
+        name: the well-known name guest software looks the channel up by
+            (e.g. ``org.qemu.guest_agent.0``); mandatory. 1..64 printable
+            ASCII characters, without ``,``, ``=`` or ``"``.
+        connection: ``pty`` (dom0 reaches it as ``dom.consoles[N]``) or
+            ``socket`` (dom0 listens on the Unix socket ``path`` and proxies
+            bytes between one connected client and the channel).
+        path: the socket's absolute path, for ``socket`` only (at most
+            :data:`UNIX_PATH_MAX` bytes). Who controls it: the user who wrote
+            the config; dom0 creates the socket there.
+        backend: backend domain (xensim: only dom0, ``0`` or ``Domain-0``).
+    """
+
+    name: str
+    connection: str
+    path: str | None = None
+    backend: str = "0"
+
+    def validate(self) -> None:
+        """Raises: ConfigError: a bad name, connection, path or backend (the message
+        starts with ``channel`` and names the channel)."""
+        problem = _channel_text_problem(self.name)
+        if problem is None and (len(self.name) > 64 or not self.name.isascii()):
+            problem = "must be 1..64 ASCII characters"
+        if problem is not None:
+            raise ConfigError(f"channel name {self.name!r}: {problem}")
+        if self.connection not in CHANNEL_CONNECTIONS:
+            raise ConfigError(f"channel {self.name}: unknown channel connection "
+                              f"'{self.connection}' (expected pty or socket)")
+        if self.backend not in ("0", "Domain-0"):
+            raise ConfigError(f"channel {self.name}: backend {self.backend!r}: xensim serves "
+                              "channels from dom0 only (0 or Domain-0)")
+        if self.connection == "pty":
+            if self.path is not None:
+                raise ConfigError(f"channel {self.name}: path= is only used with "
+                                  "connection=socket")
+            return
+        if self.path is None:
+            raise ConfigError(f"channel {self.name}: channel connection 'socket' requires "
+                              "path=..")
+        problem = _channel_text_problem(self.path)
+        if problem is None and not self.path.startswith("/"):
+            problem = "must be absolute (dom0 creates the socket; its cwd is not yours)"
+        if problem is None and len(self.path.encode("utf-8", "surrogateescape")) > UNIX_PATH_MAX:
+            problem = f"is longer than a Unix socket path may be ({UNIX_PATH_MAX} bytes)"
+        if problem is not None:
+            raise ConfigError(f"channel {self.name}: path {self.path!r} {problem}")
+
+
 @dataclass
 class GuestConfig:
     """A guest domain, as ``xl create`` would build it.
@@ -149,6 +229,8 @@ class GuestConfig:
         cmdline: full command line (xl semantics: overrides ``extra``).
         on_poweroff, on_reboot, on_crash, on_watchdog: shutdown actions.
         disks, vifs: devices attached at create time.
+        channels: named secondary consoles; channel ``i`` becomes
+            ``device/console/<i+1>``.
         uuid: ``/vm/<uuid>``; random when ``None``.
         max_event_channels, max_grant_frames, max_maptrack_frames: limits.
     """
@@ -170,6 +252,7 @@ class GuestConfig:
     on_watchdog: Action = Action.DESTROY
     disks: list[DiskSpec] = field(default_factory=list)
     vifs: list[VifSpec] = field(default_factory=list)
+    channels: list[ChannelSpec] = field(default_factory=list)
     uuid: str | None = None
     max_event_channels: int = 1023
     max_grant_frames: int = 64
@@ -231,6 +314,14 @@ class GuestConfig:
             if devid in devids:
                 raise ConfigError(f"vif devid {devid} given twice")
             devids.add(devid)
+        paths: set[str] = set()
+        for c in self.channels:
+            c.validate()
+            if c.path is not None:
+                if c.path in paths:
+                    raise ConfigError(f"channel path {c.path!r} given twice (one socket "
+                                      "serves one channel)")
+                paths.add(c.path)
         for key in ("max_event_channels", "max_grant_frames", "max_maptrack_frames"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} {getattr(self, key)}: expected a positive number")

@@ -14,9 +14,11 @@ so does this module:
 2. **Device mini-languages**: each ``disk`` entry is a DISKSPEC
    (:func:`parse_disk_spec`, a re-statement of libxlu's ``libxlu_disk_l.l``
    flex scanner), each ``vif`` entry a VIFSPEC (:func:`parse_vif_spec`, xl's
-   ``parse_nic_config``), ``rate=`` a RATE (:func:`parse_rate`,
-   ``libxlu_vif.c``), ``cpus`` a CPULIST (:func:`parse_cpulist`, xl's
-   ``parse_cpurange``).
+   ``parse_nic_config``), each ``channel`` entry a CHANNEL_SPEC
+   (:func:`parse_channel_spec`, xl's ``parse_config_data`` loop plus libxl's
+   ``libxl__init_console_from_channel`` checks), ``rate=`` a RATE
+   (:func:`parse_rate`, ``libxlu_vif.c``), ``cpus`` a CPULIST
+   (:func:`parse_cpulist`, xl's ``parse_cpurange``).
 3. **Meaning**: :func:`loads_config` maps settings onto
    :class:`~dom0.toolstack.config.GuestConfig` through one table of key
    handlers (:data:`_HANDLERS`); keys xl knows but xensim does not simulate
@@ -87,6 +89,14 @@ Deviations from xl (all deliberate, all stricter or friendlier):
   and is normalised to lower-case ``xx:xx:xx:xx:xx:xx``; xl accepts any
   separator and ignores trailing junk. ``devid=`` and ``mtu=`` must be plain
   decimal numbers.
+* channel: an unknown parameter is an error (xl warns "unknown channel
+  parameter ..., ignoring"); a missing ``name=`` is caught by the parser
+  (libxl catches it at create time, with the same "channel N has no name");
+  a value containing ``=`` or ``"``, or empty, is refused (xl.cfg(5) forbids
+  them; xl splits at the first ``=``); ``path=`` with ``connection=pty`` is
+  refused (xl drops it); the socket path must be absolute and fit a Unix
+  socket address (QEMU would take a relative one, relative to its own cwd);
+  ``backend=`` must name dom0, the only backend domain xensim has.
 * CPULIST: xensim hosts have one NUMA node (node 0) holding every pCPU, so
   ``nodes:0`` means all CPUs and any other node number is an error; with a
   known CPU count, naming a CPU the host lacks is an error (xl drops it).
@@ -100,17 +110,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dom0.toolstack.config import Action, ConfigError, DiskSpec, GuestConfig, VifSpec
+from dom0.toolstack.config import (
+    Action,
+    ChannelSpec,
+    ConfigError,
+    DiskSpec,
+    GuestConfig,
+    VifSpec,
+)
 from ring.blkif import vdev_encode
 
 __all__ = [
     "MAX_LIST_DEPTH",
     "Setting",
     "dumps_config",
+    "format_channel_spec",
     "format_disk_spec",
     "format_vif_spec",
     "load_config",
     "loads_config",
+    "parse_channel_spec",
     "parse_cpulist",
     "parse_disk_spec",
     "parse_rate",
@@ -949,7 +968,94 @@ def format_vif_spec(v: VifSpec) -> str:
 
 
 # --------------------------------------------------------------------------
-# Layer 2c: CPULIST (xl_parse.c parse_cpurange)
+# Layer 2c: channel specification (xl_parse.c, libxl_console.c)
+# --------------------------------------------------------------------------
+
+_C_SPACE = " \t\n\v\f\r"  # C isspace() in the "C" locale
+
+
+def parse_channel_spec(s: str, position: int = 0) -> ChannelSpec:
+    """Parse one CHANNEL_SPEC (xl.cfg(5) ``channel=``) as xl and libxl do.
+
+    Comma-separated ``KEY=VALUE`` pairs; empty items are skipped (xl splits
+    with ``strtok``); whitespace around KEY and VALUE is dropped; a key
+    given twice keeps its last value. Keys: ``backend`` (a domain),
+    ``name`` (mandatory), ``connection`` (``pty`` or ``socket``, mandatory)
+    and ``path`` (mandatory for ``socket``). Worked example::
+
+        parse_channel_spec("name=org.qemu.guest_agent.0, connection=socket, "
+                           "path=/run/xen/qga-web.sock", 0)
+        -> ChannelSpec(name="org.qemu.guest_agent.0", connection="socket",
+                       path="/run/xen/qga-web.sock")   # device/console/1
+
+    Args:
+        s: the spec string (user input).
+        position: index in the ``channel`` list; the channel becomes console
+            ``position + 1`` and is named so in messages, as libxl does.
+
+    Returns:
+        The channel, validated (:meth:`ChannelSpec.validate`).
+
+    Raises:
+        ConfigError: an item that is not ``KEY=VALUE``, an unknown key or
+            connection, no connection, ``socket`` without ``path``, no name,
+            or a value :meth:`ChannelSpec.validate` refuses. The message names
+            the spec and uses xl's and libxl's wording where they have one.
+    """
+    fields: dict[str, str] = {}
+    for item in (i for i in s.split(",") if i):
+        key, eq, value = item.partition("=")
+        key, value = key.strip(_C_SPACE), value.strip(_C_SPACE)
+        if not eq or not key or not value:
+            raise ConfigError(f"channel `{s}': failed to parse channel configuration: "
+                              f"`{item}' (expected KEY=VALUE)")
+        if "=" in value or '"' in key + value:
+            raise ConfigError(f"channel `{s}': `{item}': neither KEY nor VALUE may contain "
+                              "',', '=' or '\"'")
+        if key not in ("backend", "name", "path", "connection"):
+            raise ConfigError(f"channel `{s}': unknown channel parameter '{key}' (expected "
+                              "backend, name, connection or path)")
+        if key == "connection" and value not in ("pty", "socket"):
+            raise ConfigError(f"channel `{s}': unknown channel connection '{value}' "
+                              "(expected pty or socket)")
+        fields[key] = value
+    connection = fields.get("connection")
+    if connection is None:
+        raise ConfigError(f"channel `{s}': channel has unknown 'connection' (expected "
+                          "connection=pty or connection=socket)")
+    if connection == "socket" and "path" not in fields:
+        raise ConfigError(f"channel `{s}': channel connection 'socket' requires path=..")
+    if "name" not in fields:
+        raise ConfigError(f"channel `{s}': channel {position + 1} has no name (name= is "
+                          "mandatory)")
+    channel = ChannelSpec(name=fields["name"], connection=connection, path=fields.get("path"),
+                          backend=fields.get("backend", "0"))
+    try:
+        channel.validate()
+    except ConfigError as e:
+        raise ConfigError(f"channel `{s}': {e}") from None
+    return channel
+
+
+def format_channel_spec(c: ChannelSpec) -> str:
+    """Render a :class:`ChannelSpec` as a CHANNEL_SPEC (``name=...,connection=...``).
+
+    Args:
+        c: a channel that passes :meth:`ChannelSpec.validate`.
+
+    Returns:
+        A spec that :func:`parse_channel_spec` reads back as ``c``.
+    """
+    parts = [f"name={c.name}", f"connection={c.connection}"]
+    if c.path is not None:
+        parts.append(f"path={c.path}")
+    if c.backend != "0":
+        parts.append(f"backend={c.backend}")
+    return ",".join(parts)
+
+
+# --------------------------------------------------------------------------
+# Layer 2d: CPULIST (xl_parse.c parse_cpurange)
 # --------------------------------------------------------------------------
 
 _ULONG_MAX = 2**64 - 1
@@ -1055,7 +1161,7 @@ def parse_cpulist(s: str, nr_cpus: int | None = None) -> set[int] | None:
 # Keys xl knows (xl.cfg(5), Xen 4.17) that xensim does not simulate.
 _IGNORED_KEYS_TEXT = """
     acpi acpi_firmware acpi_laptop_slate acpi_s3 acpi_s4 altp2m altp2mhvm apic arch_arm
-    bios bios_path_override boot bootloader bootloader_args channel claim_mode
+    bios bios_path_override boot bootloader bootloader_args claim_mode
     cpuid cpus_soft device_model_args device_model_args_hvm device_model_args_pv
     device_model_override device_model_stubdomain_override
     device_model_stubdomain_seclabel device_model_user device_model_version
@@ -1215,6 +1321,16 @@ def _vifs(b: _Builder, s: Setting) -> None:
     b.fields["vifs"] = vifs
 
 
+def _channels(b: _Builder, s: Setting) -> None:
+    channels = []
+    for i, spec in enumerate(b.strings(s, "CHANNEL_SPEC strings")):
+        try:
+            channels.append(parse_channel_spec(spec, i))
+        except ConfigError as e:
+            raise ConfigError(f"{s.where(i)}: channel: {e}") from None
+    b.fields["channels"] = channels
+
+
 _MIB = "an integer number of MiB"
 _HANDLERS: dict[str, Handler] = {
     "name": _str_field("name"),
@@ -1238,6 +1354,7 @@ _HANDLERS: dict[str, Handler] = {
     "uuid": _uuid,
     "disk": _disks,
     "vif": _vifs,
+    "channel": _channels,
     "max_event_channels": _int_field("max_event_channels", "an integer number of channels"),
     "max_grant_frames": _int_field("max_grant_frames", "an integer number of frames"),
     "max_maptrack_frames": _int_field("max_maptrack_frames", "an integer number of frames"),
@@ -1391,5 +1508,8 @@ def dumps_config(config: GuestConfig) -> str:
     lines.append("]")
     lines.append("vif = [")
     lines += [f"    {_quote(format_vif_spec(v))}," for v in config.vifs]
+    lines.append("]")
+    lines.append("channel = [")
+    lines += [f"    {_quote(format_channel_spec(c))}," for c in config.channels]
     lines.append("]")
     return "\n".join(lines) + "\n"

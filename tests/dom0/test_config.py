@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from dom0.toolstack.config import Action, ConfigError, DiskSpec, GuestConfig, VifSpec
+from dom0.toolstack.config import (
+    Action,
+    ChannelSpec,
+    ConfigError,
+    DiskSpec,
+    GuestConfig,
+    VifSpec,
+)
 
 
 def good(**kw: object) -> GuestConfig:
@@ -51,6 +58,14 @@ def test_actions_given_as_strings_become_actions() -> None:
         ({"vifs": [VifSpec(mtu=10)]}, "mtu"),
         ({"vifs": [VifSpec(), VifSpec(devid=0)]}, "devid 0 given twice"),
         ({"max_grant_frames": 0}, "max_grant_frames"),
+        ({"channels": [ChannelSpec("", "pty")]}, "channel name '': must not be empty"),
+        ({"channels": [ChannelSpec("a", "serial")]}, "unknown channel connection 'serial'"),
+        ({"channels": [ChannelSpec("a", "socket")]}, "'socket' requires path"),
+        ({"channels": [ChannelSpec("a", "socket", "run/a")]}, "must be absolute"),
+        ({"channels": [ChannelSpec("a", "pty", "/run/a")]}, "only used with connection=socket"),
+        ({"channels": [ChannelSpec("a", "socket", "/run/a"),
+                       ChannelSpec("b", "socket", "/run/a")]}, "'/run/a' given twice"),
+        ({"channels": [ChannelSpec("a", "pty", backend="1")]}, "dom0 only"),
     ],
 )
 def test_bad_values_are_refused_with_what_was_expected(kw: dict[str, object],
@@ -66,3 +81,10 @@ def test_cap_scales_with_vcpus() -> None:
 def test_readonly_disk() -> None:
     assert DiskSpec(vdev="xvda", access="ro").readonly
     assert not DiskSpec(vdev="xvda").readonly
+
+
+def test_channels_default_to_none_and_may_share_names() -> None:
+    assert good().channels == []
+    # libxl does not insist on unique names; sockets must differ (one listener each)
+    good(channels=[ChannelSpec("a", "pty"), ChannelSpec("a", "socket", "/run/a.sock")]
+         ).validate()

@@ -10,13 +10,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dom0.toolstack.config import Action, ConfigError, DiskSpec, GuestConfig, VifSpec
+from dom0.toolstack.config import (
+    Action,
+    ChannelSpec,
+    ConfigError,
+    DiskSpec,
+    GuestConfig,
+    VifSpec,
+)
 from dom0.toolstack.xlcfg import (
     dumps_config,
+    format_channel_spec,
     format_disk_spec,
     format_vif_spec,
     load_config,
     loads_config,
+    parse_channel_spec,
     parse_cpulist,
     parse_disk_spec,
     parse_rate,
@@ -86,6 +95,13 @@ EXPECTED: dict[str, GuestConfig] = {
             VifSpec(devid=6, rate="1MB/s@20ms"),
             VifSpec(devid=9, mtu=9000, trusted=False),
             VifSpec(devid=8, type="vif", gatewaydev="eth1"),
+        ]),
+    "channels.cfg": GuestConfig(
+        name="agents", kernel="examples.hello:main", memory=64, channels=[
+            ChannelSpec(name="org.qemu.guest_agent.0", connection="socket",
+                        path="/run/xen/agents-qga.sock"),
+            ChannelSpec(name="org.example.debug.1", connection="pty"),
+            ChannelSpec(name="org.example.config.1", connection="pty", backend="Domain-0"),
         ]),
     "comments.cfg": GuestConfig(
         name="comments", kernel="examples.hello:main", memory=64, vcpus=1, maxvcpus=2,
@@ -494,6 +510,97 @@ def test_deeply_nested_lists_are_refused_not_crashed() -> None:
         parse_settings("x = " + "[" * 5000 + "]" * 5000)
 
 
+# ---------------------------------------------------------------- channels
+
+CHANNEL_GOOD = [
+    ("name=org.x.1,connection=pty", ChannelSpec("org.x.1", "pty")),
+    ("connection=socket,path=/run/a.sock,name=org.x.1",
+     ChannelSpec("org.x.1", "socket", "/run/a.sock")),
+    # whitespace around KEY and VALUE goes; empty items are skipped (strtok)
+    (" name = org.x.1 ,, connection = socket ,\tpath=/run/a b.sock ,",
+     ChannelSpec("org.x.1", "socket", "/run/a b.sock")),
+    # a key given twice: the last one wins (xl's replace_string)
+    ("name=a,name=b,connection=socket,connection=pty", ChannelSpec("b", "pty")),
+    ("name=a,connection=pty,backend=0", ChannelSpec("a", "pty")),
+    ("backend=Domain-0,name=a,connection=pty", ChannelSpec("a", "pty", backend="Domain-0")),
+]
+
+
+@pytest.mark.parametrize(("spec", "expected"), CHANNEL_GOOD)
+def test_channel_specs(spec: str, expected: ChannelSpec) -> None:
+    assert parse_channel_spec(spec) == expected
+    assert parse_channel_spec(format_channel_spec(expected)) == expected
+
+
+CHANNEL_BAD = [
+    # xl's own messages
+    ("name=a", "channel `name=a': channel has unknown 'connection' (expected connection=pty "
+     "or connection=socket)"),
+    ("", "channel `': channel has unknown 'connection' (expected connection=pty or "
+     "connection=socket)"),
+    ("name=a,connection=tcp", "channel `name=a,connection=tcp': unknown channel connection "
+     "'tcp' (expected pty or socket)"),
+    ("name=a,connection=PTY", "channel `name=a,connection=PTY': unknown channel connection "
+     "'PTY' (expected pty or socket)"),
+    ("name=a,connection=socket", "channel `name=a,connection=socket': channel connection "
+     "'socket' requires path=.."),
+    ("name=a,pty", "channel `name=a,pty': failed to parse channel configuration: `pty' "
+     "(expected KEY=VALUE)"),
+    ("name=,connection=pty", "channel `name=,connection=pty': failed to parse channel "
+     "configuration: `name=' (expected KEY=VALUE)"),
+    ("name=a, ,connection=pty", "channel `name=a, ,connection=pty': failed to parse channel "
+     "configuration: ` ' (expected KEY=VALUE)"),
+    # libxl's (at create time in Xen; at parse time here), numbered as the console
+    ("connection=pty", "channel `connection=pty': channel 3 has no name (name= is "
+     "mandatory)"),
+    # stricter than xl (module docstring)
+    ("name=a,connection=pty,speed=9600", "channel `name=a,connection=pty,speed=9600': "
+     "unknown channel parameter 'speed' (expected backend, name, connection or path)"),
+    ("name=a=b,connection=pty", "channel `name=a=b,connection=pty': `name=a=b': neither KEY "
+     "nor VALUE may contain ',', '=' or '\"'"),
+    ('name=a"b,connection=pty', "channel `name=a\"b,connection=pty': `name=a\"b': neither "
+     "KEY nor VALUE may contain ',', '=' or '\"'"),
+    ("name=a,connection=pty,path=/run/a.sock", "channel `name=a,connection=pty,"
+     "path=/run/a.sock': channel a: path= is only used with connection=socket"),
+    ("name=a,connection=socket,path=a.sock", "channel `name=a,connection=socket,"
+     "path=a.sock': channel a: path 'a.sock' must be absolute (dom0 creates the socket; its "
+     "cwd is not yours)"),
+    ("name=a,connection=socket,path=/" + "s" * 107, "is longer than a Unix socket path may "
+     "be (107 bytes)"),
+    ("name=" + "n" * 65 + ",connection=pty", "must be 1..64 ASCII characters"),
+    ("name=a\x01,connection=pty", "must be printable"),
+    ("name=a,connection=pty,backend=driverdom", "backend 'driverdom': xensim serves channels "
+     "from dom0 only (0 or Domain-0)"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), CHANNEL_BAD)
+def test_bad_channel_specs(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_channel_spec(spec, 2)
+    assert message in str(info.value)
+    if message.startswith("channel `"):
+        assert str(info.value) == message
+
+
+def test_channel_errors_name_file_and_line() -> None:
+    assert _error(BASE + "channel = [ 'name=a,connection=pty',\n"
+                  "            'name=b,connection=tcp' ]\n") == (
+        "guest.cfg:4: channel: channel `name=b,connection=tcp': unknown channel connection "
+        "'tcp' (expected pty or socket)")
+    assert _error(BASE + "channel = 'name=a,connection=pty'\n") == (
+        "guest.cfg:3: channel: expected a [ list ] of CHANNEL_SPEC strings, got a string "
+        "(write channel = [ '...' ])")
+    assert _error(BASE + "\nchannel = [ 'name=a,connection=socket,path=/run/s',\n"
+                  "  'name=b,connection=socket,path=/run/s' ]\n") == (
+        "guest.cfg:4: channel path '/run/s' given twice (one socket serves one channel)")
+
+
+def test_channels_are_no_longer_ignored() -> None:
+    config, warnings = _cfg(BASE + "channel = [ 'name=a,connection=pty' ]\n")
+    assert config.channels == [ChannelSpec("a", "pty")] and warnings == []
+
+
 # ---------------------------------------------------------------- properties
 
 _names = st.text(string.ascii_letters + string.digits + "_.-", min_size=1, max_size=64)
@@ -541,6 +648,24 @@ def _vifs(draw: st.DrawFn) -> list[VifSpec]:
     return out
 
 
+_channel_text = st.text(st.characters(codec="utf-8", exclude_characters=',="'),
+                        min_size=1, max_size=20).filter(
+    lambda t: t.isprintable() and t == t.strip())
+
+
+@st.composite
+def _channels(draw: st.DrawFn) -> list[ChannelSpec]:
+    out = []
+    for i in range(draw(st.integers(0, 3))):
+        name = draw(st.text(string.ascii_letters + string.digits + "._-", min_size=1,
+                            max_size=64))
+        if draw(st.booleans()):
+            out.append(ChannelSpec(name, "pty", backend=draw(st.sampled_from(["0", "Domain-0"]))))
+        else:
+            out.append(ChannelSpec(name, "socket", f"/run/{i}/" + draw(_channel_text)))
+    return out
+
+
 @st.composite
 def _guests(draw: st.DrawFn) -> GuestConfig:
     memory = draw(st.integers(1, 4096))
@@ -564,7 +689,7 @@ def _guests(draw: st.DrawFn) -> GuestConfig:
         max_event_channels=draw(st.integers(1, 2**20)),
         max_grant_frames=draw(st.integers(1, 256)),
         max_maptrack_frames=draw(st.integers(1, 4096)),
-        disks=draw(_disks()), vifs=draw(_vifs()))
+        disks=draw(_disks()), vifs=draw(_vifs()), channels=draw(_channels()))
 
 
 @settings(max_examples=200, deadline=None)
@@ -589,6 +714,12 @@ def test_vif_spec_round_trip(vifs: list[VifSpec]) -> None:
         assert parse_vif_spec(format_vif_spec(v), i) == v
 
 
+@given(_channels())
+def test_channel_spec_round_trip(channels: list[ChannelSpec]) -> None:
+    for i, c in enumerate(channels):
+        assert parse_channel_spec(format_channel_spec(c), i) == c
+
+
 _config_alphabet = st.sampled_from([*"abcdemnoxyz019_.=+[],;#'\"\\ \t\n-:^@/",
                                     "memory", "disk", "vif", "cpus", "name", "kernel",
                                     "xvda", "target=", "rate=", "mac=", "\r", "é", "\x00"])
@@ -605,6 +736,7 @@ def test_fuzz_only_config_errors(text: str) -> None:
 @settings(max_examples=500, deadline=None)
 @given(st.text(max_size=60) | st.lists(_config_alphabet, max_size=30).map("".join))
 def test_fuzz_device_parsers_only_config_errors(text: str) -> None:
-    for parse in (parse_disk_spec, parse_vif_spec, parse_cpulist, parse_rate):
+    for parse in (parse_disk_spec, parse_vif_spec, parse_cpulist, parse_rate,
+                  parse_channel_spec):
         with contextlib.suppress(ConfigError):
             parse(text)
