@@ -5,11 +5,43 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import trio
 
+from domu.xenstore import XenStoreError
+from hypervisor.errno import XenError
+from ring.errors import PeerProtocolError
+
 _log = logging.getLogger("xensim.drivers")
+
+PEER_ERRORS = (PeerProtocolError, XenError, XenStoreError)
+"""Failures the other end can cause in a driver hook (bad keys, refused grants and
+ports, protocol violations): they make that device fatal, nothing else."""
+
+
+def note_hook_failure(inst: Any, where: str, what: str, exc: Exception,
+                      log: logging.Logger) -> None:
+    """Count and log a driver hook's failure, for both buses.
+
+    A peer's fault (:data:`PEER_ERRORS`) is logged at INFO; anything else is a
+    driver bug, logged at ERROR with its traceback. Either way the caller
+    closes that device and only that device.
+
+    Args:
+        inst: the driver instance (its ``errors`` and ``last_error`` are updated).
+        where: the device's xenstore directory, for the log line.
+        what: the hook or action that failed.
+        exc: what it raised.
+        log: the bus's logger.
+    """
+    inst.errors += 1
+    inst.last_error = exc
+    if isinstance(exc, PEER_ERRORS):
+        log.info("%s: %s failed: %s", where, what, exc)
+    else:
+        log.error("%s: %s raised (driver bug); closing this device", where, what,
+                  exc_info=exc)
 
 
 class Kick:

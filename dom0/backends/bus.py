@@ -71,7 +71,7 @@ from typing import ClassVar, TypeVar
 import trio
 
 from domu.evtchn import EventDispatcher, PortWaiter
-from domu.sync import Kick, RingWorkers
+from domu.sync import PEER_ERRORS, Kick, RingWorkers, note_hook_failure
 from domu.xenstore import (
     XenStoreClient,
     XenStoreError,
@@ -108,9 +108,6 @@ _log = logging.getLogger("xensim.dom0.backends")
 
 BACKEND_DRIVERS: dict[str, type[Backend]] = {}
 """The default registry: device type -> backend driver class."""
-
-PEER_ERRORS = (PeerProtocolError, XenError, XenStoreError)
-"""Failures a guest can cause in a hook; they make the device fatal, nothing else."""
 
 _KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 B = TypeVar("B", bound="Backend")
@@ -623,15 +620,8 @@ class BackendBus:
             await self._apply(runner, t)
 
     def _failed(self, runner: _DeviceRunner, what: str, exc: Exception) -> None:
-        """Count and log a hook's failure: the peer's fault (INFO) or a driver bug (ERROR)."""
-        inst = runner.instance
-        inst.errors += 1
-        inst.last_error = exc
-        if isinstance(exc, PEER_ERRORS):
-            _log.info("%s: %s failed: %s", runner.dev.backend_path, what, exc)
-        else:
-            _log.error("%s: %s raised (driver bug); closing this device",
-                       runner.dev.backend_path, what, exc_info=exc)
+        """Count and log a hook's failure: the guest's fault (INFO) or a driver bug (ERROR)."""
+        note_hook_failure(runner.instance, runner.dev.backend_path, what, exc, _log)
 
     async def _hotplug_done(self, runner: _DeviceRunner) -> bool:
         try:

@@ -56,7 +56,7 @@ import trio
 
 from domu.evtchn import EventDispatcher, PortWaiter
 from domu.gnttab import GrantTableClient
-from domu.sync import Kick, RingWorkers
+from domu.sync import PEER_ERRORS, Kick, RingWorkers, note_hook_failure
 from domu.xenstore import (
     XenStoreClient,
     XenStoreError,
@@ -67,7 +67,6 @@ from domu.xenstore import (
 from hypervisor.errno import XenError
 from hypervisor.hypercall import HypercallInterface
 from hypervisor.types import DomId, Gfn, GrantRef, Port
-from ring.errors import PeerProtocolError
 from ring.xenbus import (
     Action,
     IllegalTransition,
@@ -92,9 +91,6 @@ _log = logging.getLogger("xensim.domu.frontends")
 
 FRONTEND_DRIVERS: dict[str, type[Frontend]] = {}
 """The default registry: device type -> frontend driver class."""
-
-PEER_ERRORS = (PeerProtocolError, XenError, XenStoreError)
-"""Failures a backend can cause in a hook; they make the device fatal, nothing else."""
 
 _KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 F = TypeVar("F", bound="Frontend")
@@ -611,14 +607,7 @@ class FrontendBus:
 
     def _failed(self, runner: _Runner, what: str, exc: Exception) -> None:
         """Count and log a hook's failure: the backend's fault (INFO) or a driver bug (ERROR)."""
-        inst = runner.instance
-        inst.errors += 1
-        inst.last_error = exc
-        if isinstance(exc, PEER_ERRORS):
-            _log.info("%s: %s failed: %s", inst.dev.path, what, exc)
-        else:
-            _log.error("%s: %s raised (driver bug); closing this device", inst.dev.path, what,
-                       exc_info=exc)
+        note_hook_failure(runner.instance, runner.instance.dev.path, what, exc, _log)
 
     async def _disconnect(self, runner: _Runner) -> None:
         """The driver's disconnect hook; if it raises, the base class's cleanup still runs."""
