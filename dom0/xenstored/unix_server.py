@@ -54,11 +54,36 @@ DOMAIN_SEND_CHUNK = 1024  # XENSTORE_RING_SIZE: what a guest ring holds at once
 
 
 class ByteStream(Protocol):
-    """The transport surface xenstored needs (trio streams satisfy it)."""
+    """The transport surface xenstored needs (trio streams satisfy it).
+
+    A stream may also have ``try_send(data) -> int``: send what fits now
+    without waiting (the number of bytes taken; ``BlockingIOError`` when
+    none). :func:`serve_connection` uses it when present, so a reply that
+    fits the socket buffer leaves without an event-loop turn.
+    """
 
     async def send_all(self, data: bytes) -> None: ...
     async def receive_some(self, max_bytes: int | None = None) -> bytes: ...
     async def aclose(self) -> None: ...
+
+
+class _UnixStream:
+    """A trio :class:`~trio.SocketStream` plus :meth:`try_send` (see :class:`ByteStream`)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self.send_all = stream.send_all
+        self.receive_some = stream.receive_some
+        self.aclose = stream.aclose
+
+    def try_send(self, data: bytes) -> int:
+        """One non-blocking ``write`` on the (non-blocking) socket: the bytes taken.
+
+        Raises:
+            BlockingIOError: the socket buffer is full.
+            OSError: the peer is gone or the socket closed.
+        """
+        return os.write(self._stream.socket.fileno(), data)
 
 
 async def serve_connection(xs: XenStore, stream: ByteStream, conn: Connection) -> None:
@@ -98,6 +123,7 @@ async def serve_connection(xs: XenStore, stream: ByteStream, conn: Connection) -
     conn.on_output = on_output
     limit = xs.outstanding_limit(conn)
     chunk = SEND_CHUNK if conn.privileged else DOMAIN_SEND_CHUNK
+    try_send: Callable[[bytes], int] | None = getattr(stream, "try_send", None)
     in_flight = 0  # replies taken from the queue but not yet delivered
 
     async def send_queued() -> None:
@@ -107,7 +133,12 @@ async def serve_connection(xs: XenStore, stream: ByteStream, conn: Connection) -
             data, replies = conn.take_output_counted(xs.clock(), chunk)
             in_flight = replies
             if data:
-                await stream.send_all(data)
+                sent = 0
+                if try_send is not None:  # what fits the socket now goes without a turn
+                    with contextlib.suppress(BlockingIOError):
+                        sent = try_send(data)
+                if sent < len(data):
+                    await stream.send_all(data[sent:])
             in_flight = 0
         finally:
             sending = False
@@ -239,7 +270,7 @@ async def serve(
         listener = trio.SocketListener(sock)
 
         async def handler(stream: trio.SocketStream) -> None:
-            await serve_connection(xs, stream, xs.connect_socket())
+            await serve_connection(xs, _UnixStream(stream), xs.connect_socket())
 
         async with trio.open_nursery() as nursery:
             task_status.started(xs)

@@ -415,3 +415,53 @@ async def test_inline_replies_and_writer_events_interleave_without_loss(
     assert replies == [str(i).encode() for i in range(n)]
     # the first write also creates /inter itself, which fires the watch too
     assert got_events == ["/inter"] + [f"/inter/k{i}" for i in range(n)]
+
+
+async def test_replies_larger_than_the_socket_buffer_arrive_whole_and_in_order(
+    server: Server,
+) -> None:
+    """A reply goes out with one non-blocking write when it fits the socket
+    buffer; when it does not (a client that pipelines big reads and does not
+    read back yet), the rest follows through the stream: nothing is lost,
+    duplicated or reordered."""
+    value = bytes(range(250)) * 16  # 4000 bytes: near the 4096-byte payload limit
+    async with open_xenstore_unix(server.path) as xs:
+        await xs.write("/big", value)
+    stream = await _raw(server.path)
+    n = 200  # ~800 KiB of replies, far beyond a Unix socket's buffer
+    await stream.send_all(b"".join(
+        encode_message(XsType.READ, i, 0, b"/big\0") for i in range(n)))
+    await trio.testing.wait_all_tasks_blocked()  # the daemon fills the buffer first
+    parser = MessageParser()
+    got: list[XsMessage] = []
+    while len(got) < n:
+        data = await stream.receive_some(65536)
+        assert data, "server closed"
+        for item in parser.feed(data):
+            assert isinstance(item, XsMessage)
+            got.append(item)
+    assert [m.req_id for m in got] == list(range(n))
+    assert all(m.type == XsType.READ and m.payload == value for m in got)
+    await stream.aclose()
+
+
+async def test_unix_stream_try_send_takes_what_fits_then_refuses() -> None:
+    """The non-blocking send the Unix transport adds: bytes taken while the
+    buffer has room, BlockingIOError once it is full, nothing written twice."""
+    from dom0.xenstored.unix_server import _UnixStream
+
+    a, b = trio.socket.socketpair()
+    ours = _UnixStream(trio.SocketStream(a))
+    chunk = b"x" * 65536
+    total = 0
+    with pytest.raises(BlockingIOError):
+        for _ in range(1000):
+            total += ours.try_send(chunk)
+    assert 0 < total < 1000 * len(chunk)
+    peer = trio.SocketStream(b)
+    received = 0
+    while received < total:
+        received += len(await peer.receive_some(1 << 20))
+    assert received == total
+    await ours.aclose()
+    await peer.aclose()
