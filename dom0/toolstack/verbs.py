@@ -253,7 +253,10 @@ def _console_session(client: Any, op: str, request: dict[str, Any]) -> int:
     message = result.get("message") if isinstance(result, dict) else None
     if message:  # a secondary console that went away under the session
         _err(str(message))
-        return EXIT_FAILED
+        # unplugged or its domain gone: the session simply ended, as the primary
+        # console's does when the domain goes; a ring the guest corrupted is an error
+        if result.get("reason") == "broken":
+            return EXIT_FAILED
     return EXIT_OK
 
 
