@@ -25,11 +25,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "CHANNEL_LIST_HEADER",
     "INFO_KEY_WIDTH",
     "LIST_HEADER",
     "SCHED_CREDIT_HEADER",
     "VCPU_LIST_HEADER",
     "format_bitmap",
+    "format_channel_list",
+    "format_channel_row",
     "format_info",
     "format_list",
     "format_list_row",
@@ -49,6 +52,11 @@ VCPU_LIST_HEADER = (f"{'Name':<32} {'ID':>5} {'VCPU':>5} {'CPU':>5} {'State':>5}
 
 SCHED_CREDIT_HEADER = f"{'Name':<33} {'ID':>4} {'Weight':>6} {'Cap':>4}"
 """``xl sched-credit``'s domain header: ``%-33s %4s %6s %4s``."""
+
+CHANNEL_LIST_HEADER = f"{'Idx':<3} {'BE':<2} {'state':<5} {'evt-ch':<6} {'ring-ref':>8} " \
+    f"{'connection':<10} {'':<30}"
+"""``xl channel-list``'s header: ``%-3s %-2s %-5s %-6s %8s %-10s %-30s`` (the last
+column, xl's ``params``, has an empty title: the line ends in 31 blanks)."""
 
 INFO_KEY_WIDTH = 23
 """``xl info`` pads every key to 23 columns, then ``": "``."""
@@ -159,3 +167,24 @@ def format_sched_credit(pools: Sequence[Mapping[str, Any]] | None,
 def format_info(pairs: Iterable[Sequence[Any]]) -> str:
     """``xl info``: ``key<padding to 23 columns>: value`` per line, in the given order."""
     return "\n".join(f"{key:<{INFO_KEY_WIDTH}}: {value}" for key, value in pairs)
+
+
+def format_channel_row(row: Mapping[str, Any]) -> str:
+    """One ``xl channel-list`` row: ``%-3d %-2d %-5d %-6d %-8d %-10s `` then the params.
+
+    The params are xl's for ``pty`` (the frontend's ``tty``, ``%-30s ``).
+    For ``socket`` xl prints nothing there; xensim prints the socket's
+    ``path`` (``%-30s ``), the one place a script finds it.
+    """
+    line = (f"{row['idx']:<3d} {row['backend_id']:<2d} {row['state']:<5d} "
+            f"{row['evtch']:<6d} {row['rref']:<8d} {row['connection']:<10} ")
+    if row["connection"] == "pty":
+        line += f"{row.get('tty') or '':<30} "
+    elif row.get("path"):
+        line += f"{row['path']:<30} "
+    return line
+
+
+def format_channel_list(rows: Iterable[Mapping[str, Any]]) -> str:
+    """``xl channel-list``: :data:`CHANNEL_LIST_HEADER` then a row per channel."""
+    return "\n".join([CHANNEL_LIST_HEADER, *(format_channel_row(r) for r in rows)])

@@ -49,16 +49,18 @@ import contextlib
 import logging
 import os
 import platform
+import re
 import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
 
-from dom0.console.daemon import ConsoleError
-from dom0.host import DomainHandle, Host, open_host
+from dom0.console.daemon import ConsoleError, ConsoleSession
+from dom0.host import DomainHandle, Host, SecondaryConsole, open_host
 from dom0.toolstack.builder import CreateAborted, DomainRecord
 from dom0.toolstack.config import ConfigError
 from dom0.toolstack.control import (
@@ -77,6 +79,7 @@ from dom0.toolstack.control import (
     request_id,
 )
 from dom0.toolstack.xlcfg import loads_config, parse_disk_spec, parse_vif_spec
+from domu.xenstore import XenStoreError, read_or_none
 from hypervisor.domain import (
     ShutdownReason,
     XEN_DOMINF_blocked,
@@ -94,6 +97,8 @@ _log = logging.getLogger("xensim.hostd")
 READ_SIZE = 65536
 INPUT_QUEUE = 64
 """Console input messages queued while the guest is slow to read (then dropped)."""
+CONSOLE_CONNECT_TIMEOUT = 10.0
+"""Seconds ``console -n N`` waits for a secondary console's frontend to connect."""
 FRAME_TIMEOUT = 10.0
 """Seconds a client has to finish a frame it started (slow-loris bound)."""
 
@@ -155,6 +160,7 @@ class HostDaemon:
             "network-attach": self.op_network_attach,
             "network-detach": self.op_network_detach,
             "sched-credit": self.op_sched_credit, "vcpu-list": self.op_vcpu_list,
+            "channel-list": self.op_channel_list,
         }
         self.streams: dict[str, Stream] = {
             "create": self.stream_create, "console": self.stream_console, "top": self.stream_top,
@@ -418,6 +424,58 @@ class HostDaemon:
                  "hard": sorted(v.affinity), "soft": None} for v in infos]
         return {"nr_cpus": hc.sysctl_physinfo().nr_cpus, "rows": rows}
 
+    async def op_channel_list(self, args: dict[str, Any]) -> Any:
+        """``xl channel-list DOMAIN...``: every secondary console, from xenstore.
+
+        As libxl's ``libxl_device_channel_getinfo``: the devices listed under
+        ``/libxl/<D>/device/console`` (console ``N`` >= 1 is channel ``N - 1``),
+        the backend domain from the recorded backend path, ``state``,
+        ``port`` and ``ring-ref`` from the frontend (-1 when absent or not a
+        number: the guest writes them), ``connection``/``name``/``path`` from
+        the dom0-owned backend directory and, for ``pty``, the frontend's
+        ``tty`` (``/NO-SUCH-PATH`` when absent, as libxl).
+        """
+        wanted = _arg(args, "domains", list)
+        if not wanted:
+            raise OpError("EINVAL", "channel-list: no domain given")
+        rows: list[dict[str, Any]] = []
+        for ident in wanted:
+            rows.extend(await self._channels(self.resolve(ident)))
+        return {"rows": rows}
+
+    async def _channels(self, domid: int) -> list[dict[str, Any]]:
+        xs = self.host.kernel.xs
+        lib = f"/libxl/{domid}/device/console"
+        try:
+            names = await xs.directory(lib)
+        except XenStoreError:
+            return []
+        rows = []
+        for n in sorted(int(x) for x in names if x.isdigit() and int(x) >= 1):
+            backend = await _xs_text(xs, f"{lib}/{n}/backend")
+            if backend is None:
+                continue  # libxl skips a device it cannot describe
+            m = _BACKEND_PATH.match(backend)
+            if m is None:
+                continue
+            fe = f"/local/domain/{domid}/device/console/{n}"
+            connection = await _xs_text(xs, f"{backend}/connection") or "pty"
+            row: dict[str, Any] = {
+                "domid": domid, "idx": n - 1, "backend_id": int(m.group(1)),
+                "state": _xs_int(await _xs_text(xs, f"{fe}/state")),
+                "evtch": _xs_int(await _xs_text(xs, f"{fe}/port")),
+                "rref": _xs_int(await _xs_text(xs, f"{fe}/ring-ref")),
+                "connection": connection,
+                "name": await _xs_text(xs, f"{backend}/name"),
+                "path": await _xs_text(xs, f"{backend}/path"),
+                "tty": None,
+            }
+            if connection == "pty":
+                tty = await _xs_text(xs, f"{fe}/tty")
+                row["tty"] = "/NO-SUCH-PATH" if tty is None else tty
+            rows.append(row)
+        return rows
+
     # -- streams ------------------------------------------------------------------------------
 
     async def stream_create(self, client: _Client, req: Request,
@@ -438,21 +496,70 @@ class HostDaemon:
 
     async def stream_console(self, client: _Client, req: Request,
                              control: trio.MemoryReceiveChannel[bytes]) -> Any:
-        """``xl console DOMAIN``: output as events, input as control messages."""
+        """``xl console [-n NUM] DOMAIN``: output as events, input as control messages.
+
+        ``num`` 0 (the default) is the primary console; ``num`` >= 1 is
+        secondary console ``num`` (``device/console/<num>``, a channel).
+        """
         domid = self.resolve(req.args.get("domain"))
         replay = _arg(req.args, "replay", bool, default=True)
-        return await self._console(client, req, control, domid, replay=replay)
+        num = _arg(req.args, "num", int, default=0)
+        if num < 0:
+            raise OpError("EINVAL", f"console: invalid console number {num}")
+        if num == 0:
+            return await self._console(client, req, control, domid, replay=replay)
+        return await self._secondary_console(client, req, control, domid, num, replay)
+
+    async def _secondary_console(self, client: _Client, req: Request,
+                                 control: trio.MemoryReceiveChannel[bytes], domid: int,
+                                 num: int, replay: bool) -> Any:
+        """Secondary console ``num``: its backend's session, streamed like the primary's."""
+        name = self._name(domid, str(domid))
+        if domid == 0:
+            raise OpError("ENODEV", f"{name} has no console {num}")
+        handle = DomainHandle(self.host, self.host.toolstack.records[domid])
+        try:
+            con = handle.consoles[num]
+        except KeyError:
+            raise OpError("ENODEV", f"{name} has no console {num}") from None
+        assert isinstance(con, SecondaryConsole)
+        with trio.move_on_after(CONSOLE_CONNECT_TIMEOUT):
+            while (back := con.backend()) is not None and not back.removed \
+                    and not back.connected:
+                await back.wait_changed()
+        back = con.backend()
+        if back is None or back.removed or not back.connected:
+            raise OpError("EFAILED", f"{name}: console {num} is not connected "
+                          "(the guest has not connected its frontend)")
+        try:
+            attach = back.attach(replay=replay)
+        except ConsoleError as exc:
+            raise OpError("EFAILED", f"{name}: console {num}: {exc}") from None
+        result = await self._stream_session(client, req, control, attach, name)
+        if result["reason"] in ("daemon stopped", "removed"):
+            result = {"reason": "disconnected",
+                      "message": f"{name}: console {num} disconnected"}
+        elif result["reason"] == "broken":
+            result = {"reason": "broken",
+                      "message": f"{name}: console {num} broke (the guest corrupted its ring)"}
+        return result
 
     async def _console(self, client: _Client, req: Request,
                        control: trio.MemoryReceiveChannel[bytes], domid: int,
                        replay: bool) -> Any:
-        daemon = self.host.kernel.console
+        attach = self.host.kernel.console.attach(domid, replay=replay)
+        return await self._stream_session(client, req, control, attach,
+                                          self._name(domid, str(domid)))
+
+    async def _stream_session(self, client: _Client, req: Request,
+                              control: trio.MemoryReceiveChannel[bytes],
+                              attach: AbstractAsyncContextManager[ConsoleSession],
+                              name: str = "") -> dict[str, Any]:
+        """Stream one console session: output as events, input from control messages."""
         try:
-            attach = daemon.attach(domid, replay=replay)
             session = await attach.__aenter__()
         except KeyError:
-            raise OpError("ENODOMAIN", f"domain '{self._name(domid, str(domid))}' "
-                          "has no console (it is gone)") from None
+            raise OpError("ENODOMAIN", f"domain '{name}' has no console (it is gone)") from None
         except ConsoleError as exc:
             raise OpError("EFAILED", f"console: {exc}") from None
         reason = "detached"
@@ -579,8 +686,9 @@ class HostDaemon:
             await self._serve(client)
         except (_ClientGone, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-        except Exception:  # a daemon bug: this client loses, everyone else carries on
-            _log.exception("control client failed")
+        except Exception as exc:  # a daemon bug: this client loses, everyone else carries on
+            if not _client_went_away(exc):
+                _log.exception("control client failed")
         finally:
             self.clients -= 1
             with trio.CancelScope(shield=True), contextlib.suppress(Exception):
@@ -639,6 +747,13 @@ class HostDaemon:
             nursery.cancel_scope.cancel()
 
 
+def _client_went_away(exc: BaseException) -> bool:
+    """``exc`` (possibly a nursery's exception group) only says the client left."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_client_went_away(e) for e in exc.exceptions)
+    return isinstance(exc, _ClientGone | trio.BrokenResourceError | trio.ClosedResourceError)
+
+
 _COUNTER_KEYS = ("nets", "net_tx_bytes", "net_rx_bytes", "vbds", "vbd_oo", "vbd_rd",
                  "vbd_wr", "vbd_rsect", "vbd_wsect")
 
@@ -676,6 +791,22 @@ def _device_counters(host: Host) -> dict[int, dict[str, int]]:
             c["net_tx_bytes"] += _stat(inst, "tx_bytes")
             c["net_rx_bytes"] += _stat(inst, "rx_bytes")
     return out
+
+
+_BACKEND_PATH = re.compile(r"^/local/domain/(\d+)/backend/")
+
+
+async def _xs_text(xs: Any, path: str) -> str | None:
+    """A xenstore value as text, or None if it does not exist."""
+    raw = await read_or_none(xs, path)
+    return None if raw is None else raw.decode("utf-8", "replace")
+
+
+def _xs_int(text: str | None) -> int:
+    """A guest-written number, or -1 (absent or not a decimal number)."""
+    if text is None or not text.isdigit() or len(text) > 10:
+        return -1
+    return int(text)
 
 
 def _control_message(body: bytes) -> Request | None:

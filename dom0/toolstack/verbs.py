@@ -248,16 +248,46 @@ def _console_session(client: Any, op: str, request: dict[str, Any]) -> int:
             print(f"xensim: created {created['name']} as domain {created['domid']}",
                   file=sys.stderr)
 
-    run_console(client, op, request, sys.stdin.fileno(), sys.stdout.buffer, on_event)
+    result = run_console(client, op, request, sys.stdin.fileno(), sys.stdout.buffer,
+                         on_event)
+    message = result.get("message") if isinstance(result, dict) else None
+    if message:  # a secondary console that went away under the session
+        _err(str(message))
+        # unplugged or its domain gone: the session simply ended, as the primary
+        # console's does when the domain goes; a ring the guest corrupted is an error
+        if result.get("reason") == "broken":
+            return EXIT_FAILED
     return EXIT_OK
 
 
+def _console_args(p: argparse.ArgumentParser) -> None:
+    _domain(p)
+    p.add_argument("-n", dest="num", type=int, default=0, metavar="NUM",
+                   help="console number: 0 the primary console (default), N >= 1 "
+                   "secondary console N (channel N-1 of the xl.cfg channel= list)")
+    p.add_argument("-t", dest="type", choices=("pv", "serial"), default="pv",
+                   help="console type: pv (the default; xensim guests have no serial)")
+
+
 @verb("console", "attach to a domain's console; Ctrl-] detaches (xl console)",
-      _with_args(_domain))
-@_remote
-def console(client: Any, args: argparse.Namespace) -> int:
-    """``xl console DOMAIN``: output to stdout, stdin to the guest (a tty or a pipe)."""
-    return _console_session(client, "console", {"domain": args.domain})
+      _with_args(_console_args))
+def console(args: argparse.Namespace) -> int:
+    """``xl console [-t pv] [-n NUM] DOMAIN``: output to stdout, stdin to the guest."""
+    if args.type == "serial":
+        _err("console -t serial: xensim guests have no emulated serial console; "
+             "use -t pv (the default)")
+        return EXIT_FAILED
+    if args.num < 0:
+        _err(f"console -n {args.num}: the console number must be 0 or more")
+        return EXIT_USAGE
+
+    def go(client: Any, a: argparse.Namespace) -> int:
+        request: dict[str, Any] = {"domain": a.domain}
+        if a.num:
+            request["num"] = a.num
+        return _console_session(client, "console", request)
+
+    return _remote(go)(args)
 
 
 # -- memory, info -------------------------------------------------------------------------------
@@ -446,6 +476,23 @@ def vcpu_list(client: Any, args: argparse.Namespace) -> int:
 
     result = client.request("vcpu-list", {"domains": args.domains})
     print(format_vcpu_list(result["rows"], result["nr_cpus"]))
+    return EXIT_OK
+
+
+def _channel_list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domains", nargs="+", metavar="DOMAIN", help="domain names or ids")
+    _control_arg(p)
+
+
+@verb("channel-list", "list a domain's channels (named secondary consoles) (xl channel-list)",
+      _channel_list_args)
+@_remote
+def channel_list(client: Any, args: argparse.Namespace) -> int:
+    """``xl channel-list DOMAIN...``: xl's columns, one line per channel."""
+    from dom0.toolstack.formats import format_channel_list
+
+    result = client.request("channel-list", {"domains": args.domains})
+    print(format_channel_list(result["rows"]))
     return EXIT_OK
 
 

@@ -9,3 +9,29 @@ async def crash(guest: Guest) -> None:
     """Print a line, then crash (the program raises)."""
     await guest.console.print(f"{guest.name}: about to crash")
     raise RuntimeError("deliberate crash")
+
+
+async def hvc1_echo(guest: Guest) -> None:
+    """Echo lines typed on secondary console 1 (``hvc1: <line>``) until ``quit``.
+
+    Prints ``NAME: hvc1 ready`` on console 1 first; ``quit`` powers it off.
+    """
+    hvc1 = await guest.consoles.wait(1)
+    await hvc1.print(f"{guest.name}: hvc1 ready")
+    while True:
+        line = await hvc1.readline()
+        if line == "quit":
+            await hvc1.print("bye")
+            await hvc1.drain()
+            return
+        await hvc1.print(f"hvc1: {line}")
+
+
+async def two_channels(guest: Guest) -> None:
+    """Wait until consoles 1 and 2 are connected, say so on the primary console,
+    then power off when ``quit`` is typed there."""
+    for n in (1, 2):
+        await guest.consoles.wait(n)
+    await guest.console.print(f"{guest.name}: channels up")
+    while await guest.console.readline() != "quit":
+        pass
