@@ -27,7 +27,7 @@ from domu.frontends.console import ConsoleFront
 from domu.frontends.consolefront import SecondaryConsoleFront  # registers "console"
 from domu.frontends.netfront import NetFront  # registers the vif frontend
 from domu.netdev import NetDevice
-from domu.xenstore import read_or_none
+from domu.xenstore import XenStoreError, read_or_none
 from ring.blkif import vdev_encode
 
 if TYPE_CHECKING:
@@ -142,6 +142,43 @@ class GuestConsoles(Mapping[int, GuestConsole]):
                         and not front.console.closed):
                     return GuestConsole(front.console)
         raise KeyError(n)  # pragma: no cover  (the watch never ends on its own)
+
+    async def number(self, name: str) -> int:
+        """The number of the channel called ``name`` (xl.cfg ``channel=["name=..."]``).
+
+        Looks the name up as a guest agent does in Xen: the ``name`` key the
+        toolstack wrote in each ``device/console/<N>`` directory.
+
+        Args:
+            name: the channel name (the program's choice).
+
+        Returns:
+            N, the console number (``hvc<N>``); wait for it with :meth:`wait`.
+
+        Raises:
+            KeyError: no console of this guest has that name.
+        """
+        try:
+            entries = await self._xs.directory("device/console")
+        except XenStoreError as exc:
+            if exc.name != "ENOENT":
+                raise
+            entries = []  # no secondary console at all
+        wanted = name.encode()
+        for n in sorted(int(e) for e in entries if e.isdigit() and int(e) > 0):
+            if await read_or_none(self._xs, f"device/console/{n}/name") == wanted:
+                return n
+        raise KeyError(name)
+
+    async def named(self, name: str) -> GuestConsole:
+        """The channel called ``name``, once it is connected (:meth:`number` + :meth:`wait`).
+
+        Callers bound the wait (``trio.fail_after``).
+
+        Raises:
+            KeyError: no console of this guest has that name.
+        """
+        return await self.wait(await self.number(name))
 
 
 class GuestCpu:

@@ -13,6 +13,7 @@ from dom0.backends.consoleback import ConsoleBack
 from dom0.host import Host, SecondaryConsole
 from dom0.testing import GuestFactory
 from dom0.toolstack.builder import console_device_request
+from dom0.toolstack.config import ChannelSpec
 from domu.frontends.console import ConsoleClosed
 from domu.frontends.consolefront import SecondaryConsoleFront
 from domu.guest import Guest
@@ -104,3 +105,47 @@ async def test_console_0_is_refused(guest_factory: GuestFactory) -> None:
         await dom.attach_device(DeviceRequest("console", 0))
     with pytest.raises(ConfigError):
         console_device_request(0)
+
+
+async def test_a_guest_finds_its_channels_by_name(autojump_clock: MockClock,
+                                                  guest_factory: GuestFactory) -> None:
+    """Channels (xl.cfg ``channel=``) are found by the ``name`` key the toolstack
+    wrote, as a guest agent finds its channel in Xen; an unknown name is a KeyError."""
+    found: list[int] = []
+    missing: list[str] = []
+
+    async def program(guest: Guest) -> None:
+        found.append(await guest.consoles.number("org.example.agent.0"))
+        found.append(await guest.consoles.number("org.example.log"))
+        with trio.fail_after(5):
+            log = await guest.consoles.named("org.example.log")
+        await log.print("on the log channel")
+        try:
+            await guest.consoles.number("org.example.nosuch")
+        except KeyError as exc:
+            missing.append(str(exc.args[0]))
+        await log.print("done")
+        await trio.sleep_forever()
+
+    dom = await guest_factory(program, channels=[
+        ChannelSpec(name="org.example.agent.0", connection="pty"),
+        ChannelSpec(name="org.example.log", connection="pty")])
+    await dom.consoles[2].wait_for("on the log channel\ndone\n")
+    assert found == [1, 2] and missing == ["org.example.nosuch"]
+    assert b"on the log channel" not in dom.consoles[1].log()
+
+
+async def test_a_guest_without_channels_has_no_names(guest_factory: GuestFactory) -> None:
+    errors: list[BaseException] = []
+
+    async def program(guest: Guest) -> None:
+        try:
+            await guest.consoles.number("org.example.agent.0")
+        except KeyError as exc:
+            errors.append(exc)
+        await guest.console.print("looked")
+        await trio.sleep_forever()
+
+    dom = await guest_factory(program)
+    await dom.console.wait_for("looked")
+    assert len(errors) == 1
