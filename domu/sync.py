@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ClassVar, TypeVar
 
 import trio
 
@@ -14,6 +15,47 @@ from hypervisor.errno import XenError
 from ring.errors import PeerProtocolError
 
 _log = logging.getLogger("xensim.drivers")
+
+_KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+D = TypeVar("D", bound=type)
+
+
+def register_driver(registry: dict[str, Any], cls: D, role: str) -> D:
+    """Make ``cls`` the default ``role`` driver for ``cls.kind`` in ``registry``.
+
+    What :func:`~dom0.backends.bus.register_backend` and
+    :func:`~domu.frontends.bus.register_frontend` do.
+
+    Raises:
+        ValueError: ``cls.kind`` is not a device type name
+            (``[a-z][a-z0-9_-]{0,31}``), or another class already serves that
+            type (a wiring bug).
+    """
+    kind = cls.kind  # type: ignore[attr-defined]
+    if not _KIND.fullmatch(kind):
+        raise ValueError(f"{cls.__qualname__}.kind = {kind!r}: set kind to the device "
+                         "type name, e.g. kind = \"kv\"")
+    if registry.get(kind, cls) is not cls:
+        raise ValueError(f"a {role} for {kind!r} is already registered")
+    registry[kind] = cls
+    return cls
+
+
+def declare_driver_names(base: type[RingWorkers], hooks: Iterable[str], state: Iterable[str],
+                         aliases: Iterable[str]) -> None:
+    """Set a driver base class's ``_hooks``, ``_overridable`` and ``_reserved`` names.
+
+    Reserved (a subclass may not redefine them, see :func:`check_driver_class`):
+    every attribute of ``base`` and :class:`RingWorkers` plus the instance
+    ``state`` the bus reads, except the ``hooks``, ``release_resources``,
+    ``kind`` and the deprecated ``aliases`` (a driver may use those names).
+    """
+    base._hooks = frozenset(hooks)
+    base._overridable = frozenset({"release_resources"})
+    base._reserved = frozenset(
+        {name for klass in (base, RingWorkers) for name in vars(klass)
+         if not name.startswith("__")} | set(state)
+    ) - base._hooks - base._overridable - {"kind", *aliases}
 
 PEER_ERRORS = (PeerProtocolError, XenError, XenStoreError)
 """Failures the other end can cause in a driver hook (bad keys, refused grants and
@@ -123,18 +165,15 @@ class RingWorkers:
             try:
                 with scope:
                     await fn()
-            except self._worker_errors as exc:
+            except Exception as exc:  # the peer's doing, or a driver bug: this device only
                 self.errors += 1
                 self.last_error = exc
                 self.worker_failed = True
-                _log.info("%s: worker stopped: %s", self._worker_label(), exc)
-                self._worker_failure()
-            except Exception as exc:  # a driver bug: it breaks this device, not the kernel
-                self.errors += 1
-                self.last_error = exc
-                self.worker_failed = True
-                _log.error("%s: worker crashed (driver bug); closing the device",
-                           self._worker_label(), exc_info=exc)
+                if isinstance(exc, self._worker_errors):
+                    _log.info("%s: worker stopped: %s", self._worker_label(), exc)
+                else:
+                    _log.error("%s: worker crashed (driver bug); closing the device",
+                               self._worker_label(), exc_info=exc)
                 self._worker_failure()
             finally:
                 self.workers_stopped += 1

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -71,7 +70,14 @@ from typing import ClassVar, TypeVar
 import trio
 
 from domu.evtchn import EventDispatcher, PortWaiter
-from domu.sync import PEER_ERRORS, Kick, RingWorkers, note_hook_failure
+from domu.sync import (
+    PEER_ERRORS,
+    Kick,
+    RingWorkers,
+    declare_driver_names,
+    note_hook_failure,
+    register_driver,
+)
 from domu.xenstore import (
     XenStoreClient,
     XenStoreError,
@@ -109,7 +115,6 @@ _log = logging.getLogger("xensim.dom0.backends")
 BACKEND_DRIVERS: dict[str, type[Backend]] = {}
 """The default registry: device type -> backend driver class."""
 
-_KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 B = TypeVar("B", bound="Backend")
 
 
@@ -133,13 +138,7 @@ def register_backend(cls: type[B]) -> type[B]:
             (``[a-z][a-z0-9_-]{0,31}``), or another class already serves
             that type (a wiring bug).
     """
-    if not _KIND.fullmatch(cls.kind):
-        raise ValueError(f"{cls.__qualname__}.kind = {cls.kind!r}: set kind to the device "
-                         "type name, e.g. kind = \"kv\"")
-    if BACKEND_DRIVERS.get(cls.kind, cls) is not cls:
-        raise ValueError(f"a backend for {cls.kind!r} is already registered")
-    BACKEND_DRIVERS[cls.kind] = cls
-    return cls
+    return register_driver(BACKEND_DRIVERS, cls, "backend")
 
 
 @dataclass(frozen=True)
@@ -386,15 +385,11 @@ class Backend(RingWorkers):
     _fatal_from_worker: Callable[[], None] = lambda self: None  # set by the runner
 
 
-Backend._hooks = frozenset({"probe", "map_ring", "connect", "disconnect", "remove",
-                            "hotplug_done"})
-Backend._overridable = frozenset({"release_resources"})
-Backend._reserved = frozenset(
-    {name for klass in (Backend, RingWorkers) for name in vars(klass)
-     if not name.startswith("__")}
-    | {"dev", "xs", "hc", "events", "errors", "last_error", "worker_failed",
-       "workers_started", "workers_stopped"}
-) - Backend._hooks - Backend._overridable - {"kind", "read", "write", "publish"}
+declare_driver_names(
+    Backend, hooks=("probe", "map_ring", "connect", "disconnect", "remove", "hotplug_done"),
+    state=("dev", "xs", "hc", "events", "errors", "last_error", "worker_failed",
+           "workers_started", "workers_stopped"),
+    aliases=("read", "write", "publish"))
 
 
 async def publish_keys(xs: XenStoreClient, base: str, keys: Mapping[str, str | bytes]) -> None:

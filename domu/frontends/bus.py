@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -56,7 +55,14 @@ import trio
 
 from domu.evtchn import EventDispatcher, PortWaiter
 from domu.gnttab import GrantTableClient
-from domu.sync import PEER_ERRORS, Kick, RingWorkers, note_hook_failure
+from domu.sync import (
+    PEER_ERRORS,
+    Kick,
+    RingWorkers,
+    declare_driver_names,
+    note_hook_failure,
+    register_driver,
+)
 from domu.xenstore import (
     XenStoreClient,
     XenStoreError,
@@ -92,7 +98,6 @@ _log = logging.getLogger("xensim.domu.frontends")
 FRONTEND_DRIVERS: dict[str, type[Frontend]] = {}
 """The default registry: device type -> frontend driver class."""
 
-_KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 F = TypeVar("F", bound="Frontend")
 
 
@@ -108,13 +113,7 @@ def register_frontend(cls: type[F]) -> type[F]:
             (``[a-z][a-z0-9_-]{0,31}``), or another class already drives
             that type.
     """
-    if not _KIND.fullmatch(cls.kind):
-        raise ValueError(f"{cls.__qualname__}.kind = {cls.kind!r}: set kind to the device "
-                         "type name, e.g. kind = \"kv\"")
-    if FRONTEND_DRIVERS.get(cls.kind, cls) is not cls:
-        raise ValueError(f"a frontend for {cls.kind!r} is already registered")
-    FRONTEND_DRIVERS[cls.kind] = cls
-    return cls
+    return register_driver(FRONTEND_DRIVERS, cls, "frontend")
 
 
 class PageAllocator:
@@ -403,15 +402,12 @@ class Frontend(RingWorkers):
         self._kick()
 
 
-Frontend._hooks = frozenset({"talk_to_backend", "connect", "backend_changed_again",
-                             "disconnect", "remove"})
-Frontend._overridable = frozenset({"release_resources"})
-Frontend._reserved = frozenset(
-    {name for klass in (Frontend, RingWorkers) for name in vars(klass)
-     if not name.startswith("__")}
-    | {"dev", "xs", "hc", "events", "grants", "pages", "errors", "last_error",
-       "worker_failed", "workers_started", "workers_stopped", "pending_grants"}
-) - Frontend._hooks - Frontend._overridable - {"kind", "read", "write", "grant"}
+declare_driver_names(
+    Frontend, hooks=("talk_to_backend", "connect", "backend_changed_again", "disconnect",
+                     "remove"),
+    state=("dev", "xs", "hc", "events", "grants", "pages", "errors", "last_error",
+           "worker_failed", "workers_started", "workers_stopped", "pending_grants"),
+    aliases=("read", "write", "grant"))
 
 
 class _Runner:
