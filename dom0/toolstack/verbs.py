@@ -345,6 +345,25 @@ def info(client: Any, args: argparse.Namespace) -> int:
 # -- devices ------------------------------------------------------------------------------------
 
 
+def _attach(op: str, check: Callable[[str], object], args: argparse.Namespace) -> int:
+    """Hot-plug: join the spec arguments with ',', check them here (a bad spec
+    never reaches the host), then ask the host daemon to ``op`` it."""
+    from dom0.toolstack.config import ConfigError
+
+    spec = ",".join(args.spec)
+    try:
+        check(spec)
+    except ConfigError as exc:
+        _err(f"{op}: {exc}")
+        return EXIT_FAILED
+
+    def go(client: Any, a: argparse.Namespace) -> int:
+        client.request(op, {"domain": a.domain, "spec": spec})
+        return EXIT_OK
+
+    return _remote(go)(args)
+
+
 def _block_attach_args(p: argparse.ArgumentParser) -> None:
     _domain(p)
     p.add_argument("spec", nargs="+", metavar="DISKSPEC",
@@ -356,21 +375,9 @@ def _block_attach_args(p: argparse.ArgumentParser) -> None:
       _with_args(_block_attach_args))
 def block_attach(args: argparse.Namespace) -> int:
     """``xl block-attach DOMAIN DISKSPEC``."""
-    from dom0.toolstack.config import ConfigError
     from dom0.toolstack.xlcfg import parse_disk_spec
 
-    spec = ",".join(args.spec)
-    try:
-        parse_disk_spec(spec)
-    except ConfigError as exc:
-        _err(f"block-attach: {exc}")
-        return EXIT_FAILED
-
-    def go(client: Any, a: argparse.Namespace) -> int:
-        client.request("block-attach", {"domain": a.domain, "spec": spec})
-        return EXIT_OK
-
-    return _remote(go)(args)
+    return _attach("block-attach", parse_disk_spec, args)
 
 
 def _block_detach_args(p: argparse.ArgumentParser) -> None:
@@ -400,21 +407,9 @@ def _net_attach_args(p: argparse.ArgumentParser) -> None:
       _with_args(_net_attach_args))
 def network_attach(args: argparse.Namespace) -> int:
     """``xl network-attach DOMAIN [VIFSPEC...]``."""
-    from dom0.toolstack.config import ConfigError
     from dom0.toolstack.xlcfg import parse_vif_spec
 
-    spec = ",".join(args.spec)
-    try:
-        parse_vif_spec(spec).validate()
-    except ConfigError as exc:
-        _err(f"network-attach: {exc}")
-        return EXIT_FAILED
-
-    def go(client: Any, a: argparse.Namespace) -> int:
-        client.request("network-attach", {"domain": a.domain, "spec": spec})
-        return EXIT_OK
-
-    return _remote(go)(args)
+    return _attach("network-attach", lambda spec: parse_vif_spec(spec).validate(), args)
 
 
 def _net_detach_args(p: argparse.ArgumentParser) -> None:
