@@ -471,10 +471,11 @@ async def open_xenstore_unix(socket_path: str) -> AsyncIterator[XenStoreClient]:
 
 
 class EventPort(Protocol):
-    """The guest's xenstore event channel (from start_info ``store_evtchn``)."""
+    """One bound xenstore event channel: the guest's (start_info ``store_evtchn``)
+    or, in xenstored's ring transport, dom0's end of it."""
 
     def notify(self) -> None:
-        """Signal xenstored."""
+        """Signal the other end (EVTCHNOP_send)."""
         ...
 
     async def wait(self) -> None:

@@ -27,10 +27,9 @@ is the hook INTRODUCE calls to start :func:`serve_ring` for a new domain.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import trio
 
+from domu.xenstore import EventPort
 from ring.byte_ring import XenstoreDaemon
 from ring.errors import CorruptRingIndexError
 from ring.xs_wire import XENSTORE_ERROR_RINGIDX
@@ -40,18 +39,6 @@ from .core import XenStore
 from .unix_server import serve_connection
 
 __all__ = ["EventPort", "XenstoreRingStream", "serve_ring"]
-
-
-class EventPort(Protocol):
-    """One bound event channel, as the dom0 kernel exposes it."""
-
-    def notify(self) -> None:
-        """Signal the peer (EVTCHNOP_send)."""
-        ...
-
-    async def wait(self) -> None:
-        """Return after the next event on this port (events coalesce)."""
-        ...
 
 
 class XenstoreRingStream:
