@@ -573,13 +573,16 @@ class BlkifCodec:
                 j = k + 1
                 while j < count and nrs[j] == nr:
                     j += 1
+            run = None
             if (j - k >= _MIN_COLUMN_DECODE
                     and 0 < nr <= BLKIF_MAX_SEGMENTS_PER_REQUEST
-                    and max(ops[k:j]) <= BLKIF_OP_FLUSH_DISKCACHE
-                    and _segments_ok(raw, k * size, j * size, nr)):
-                out += _decode_rw_columns(raw, k * size, j * size, nr)
-            else:
-                out += [decode(raw[off : off + size]) for off in range(k * size, j * size, size)]
+                    and max(ops[k:j]) <= BLKIF_OP_FLUSH_DISKCACHE):
+                run = _decode_rw_columns(raw, k * size, j * size, nr)
+            if run is None:
+                run = [decode(raw[off : off + size]) for off in range(k * size, j * size, size)]
+            if k == 0 and j == count:
+                return run
+            out += run
             k = j
         return out
 
@@ -676,44 +679,35 @@ class BlkifCodec:
             off += BLKIF_SLOT_SIZE
 
 
-def _segments_ok(raw: bytes, start: int, end: int, nr: int) -> bool:
-    """Whether segments ``0..nr-1`` of every slot in ``raw[start:end]`` have
-    ``first_sect <= last_sect <= 7``, checked one segment position at a time
-    over all the slots (``raw[offset::112]`` is that byte of every slot)."""
+def _decode_rw_columns(raw: bytes, start: int, end: int, nr: int) -> list[BlkifAnyRequest] | None:
+    """Records for the slots in ``raw[start:end]``, all direct requests with
+    ``nr`` segments (1..11, the caller checked), read by column and built by
+    zip; or None when some used segment breaks ``first_sect <= last_sect <=
+    7`` (the caller then decodes slot by slot, which names the error).
+
+    ``raw[offset::112]`` is one byte of every slot, so each segment field is
+    one strided read for the whole run. ``zip`` over the columns yields each
+    slot's fields in record order; ``tuple.__new__`` turns them into the
+    NamedTuple, exactly as :meth:`BlkifCodec.decode_request` builds it.
+    """
     size = BLKIF_SLOT_SIZE
+    run = memoryview(raw)[start:end]
+    u32 = run.cast("I")
+    columns = []
     for c in range(nr):
         first = raw[start + _OFF_SEG + 8 * c + 4 : end : size]
         last = raw[start + _OFF_SEG + 8 * c + 5 : end : size]
         if max(last) >= SECTORS_PER_PAGE or not all(map(_le, first, last)):
-            return False
-    return True
-
-
-def _decode_rw_columns(raw: bytes, start: int, end: int, nr: int) -> list[BlkifAnyRequest]:
-    """Records for the slots in ``raw[start:end]``, all direct requests with
-    ``nr`` valid segments (the caller checked): read by column, built by zip.
-
-    ``zip`` over the columns yields each slot's fields in record order;
-    ``tuple.__new__`` turns them into the NamedTuple, exactly as
-    :meth:`BlkifCodec.decode_request` builds it.
-    """
-    size = BLKIF_SLOT_SIZE
-    run = memoryview(raw)[start:end]
-    u16, u32, u64 = run.cast("H"), run.cast("I"), run.cast("Q")
-    segments = zip(*[
-        map(_new, _repeat(BlkifSegment), zip(
-            u32[(_OFF_SEG + 8 * c) // 4 :: size // 4].tolist(),  # gref
-            raw[start + _OFF_SEG + 8 * c + 4 : end : size],  # first_sect
-            raw[start + _OFF_SEG + 8 * c + 5 : end : size],  # last_sect
-        ))
-        for c in range(nr)
-    ])
+            return None
+        columns.append(map(_new, _repeat(BlkifSegment), zip(
+            u32[(_OFF_SEG + 8 * c) // 4 :: size // 4].tolist(), first, last)))  # gref
+    u64 = run.cast("Q")
     return list(map(_new, _repeat(BlkifRequest), zip(
         raw[start:end:size],  # operation
-        u16[_OFF_HANDLE // 2 :: size // 2].tolist(),
+        run.cast("H")[_OFF_HANDLE // 2 :: size // 2].tolist(),
         u64[_OFF_ID // 8 :: size // 8].tolist(),
         u64[_OFF_SECTOR // 8 :: size // 8].tolist(),
-        segments,
+        zip(*columns),  # segments
         _repeat(nr),  # nr_segments
         _repeat(None),  # error
     )))
