@@ -25,17 +25,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "BLOCK_LIST_HEADER",
     "CHANNEL_LIST_HEADER",
     "INFO_KEY_WIDTH",
     "LIST_HEADER",
+    "NETWORK_LIST_HEADER",
     "SCHED_CREDIT_HEADER",
     "VCPU_LIST_HEADER",
     "format_bitmap",
+    "format_block_list",
+    "format_block_row",
     "format_channel_list",
     "format_channel_row",
     "format_info",
     "format_list",
     "format_list_row",
+    "format_network_list",
+    "format_network_row",
     "format_sched_credit",
     "format_sched_credit_pool",
     "format_sched_credit_row",
@@ -57,6 +63,14 @@ CHANNEL_LIST_HEADER = f"{'Idx':<3} {'BE':<2} {'state':<5} {'evt-ch':<6} {'ring-r
     f"{'connection':<10} {'':<30}"
 """``xl channel-list``'s header: ``%-3s %-2s %-5s %-6s %8s %-10s %-30s`` (the last
 column, xl's ``params``, has an empty title: the line ends in 31 blanks)."""
+
+BLOCK_LIST_HEADER = f"{'Vdev':<5} {'BE':<3} {'handle':<6} {'state':<5} {'evt-ch':<6} " \
+    f"{'ring-ref':<8} {'BE-path':<30}"
+"""``xl block-list``'s header: ``%-5s %-3s %-6s %-5s %-6s %-8s %-30s``."""
+
+NETWORK_LIST_HEADER = f"{'Idx':<3} {'BE':<2} {'Mac Addr.':<17} {'handle':<6} {'state':<5} " \
+    f"{'evt-ch':<6} {'tx-':>5}/{'rx-ring-ref':<5} {'BE-path':<30}"
+"""``xl network-list``'s header: ``%-3s %-2s %-17s %-6s %-5s %-6s %5s/%-5s %-30s``."""
 
 INFO_KEY_WIDTH = 23
 """``xl info`` pads every key to 23 columns, then ``": "``."""
@@ -183,6 +197,43 @@ def format_channel_row(row: Mapping[str, Any]) -> str:
     elif row.get("path"):
         line += f"{row['path']:<30} "
     return line
+
+
+def format_block_row(row: Mapping[str, Any]) -> str:
+    """One ``xl block-list`` row: ``%-5d %-3d %-6d %-5d %-6d %-8d %-30s``.
+
+    Args:
+        row: ``devid`` (the virtual device number), ``backend_id``,
+            ``frontend_id`` (xl prints it under "handle"), ``state``,
+            ``evtch``, ``rref`` (-1 when absent) and ``backend`` (the path).
+    """
+    return (f"{row['devid']:<5d} {row['backend_id']:<3d} {row['frontend_id']:<6d} "
+            f"{row['state']:<5d} {row['evtch']:<6d} {row['rref']:<8d} {row['backend']:<30}")
+
+
+def format_block_list(rows: Iterable[Mapping[str, Any]]) -> str:
+    """``xl block-list``: :data:`BLOCK_LIST_HEADER` then a row per disk."""
+    return "\n".join([BLOCK_LIST_HEADER, *(format_block_row(r) for r in rows)])
+
+
+def format_network_row(row: Mapping[str, Any]) -> str:
+    """One ``xl network-list`` row: ``%-3d %-2d `` + the MAC (``%02hhx:...``, no
+    blank after it) + ``%6d %5d %6d %5d/%-11d %-30s``.
+
+    Args:
+        row: ``devid``, ``backend_id``, ``mac`` (text, ``xx:xx:xx:xx:xx:xx``),
+            ``state``, ``evtch``, ``rref_tx``, ``rref_rx`` (-1 when absent)
+            and ``backend`` (the path). The devid is printed twice, as xl
+            does (Idx and handle).
+    """
+    return (f"{row['devid']:<3d} {row['backend_id']:<2d} {row['mac']}"
+            f"{row['devid']:>6d} {row['state']:>5d} {row['evtch']:>6d} "
+            f"{row['rref_tx']:>5d}/{row['rref_rx']:<11d} {row['backend']:<30}")
+
+
+def format_network_list(rows: Iterable[Mapping[str, Any]]) -> str:
+    """``xl network-list``: :data:`NETWORK_LIST_HEADER` then a row per interface."""
+    return "\n".join([NETWORK_LIST_HEADER, *(format_network_row(r) for r in rows)])
 
 
 def format_channel_list(rows: Iterable[Mapping[str, Any]]) -> str:

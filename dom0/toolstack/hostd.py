@@ -160,7 +160,8 @@ class HostDaemon:
             "network-attach": self.op_network_attach,
             "network-detach": self.op_network_detach,
             "sched-credit": self.op_sched_credit, "vcpu-list": self.op_vcpu_list,
-            "channel-list": self.op_channel_list,
+            "channel-list": self.op_channel_list, "block-list": self.op_block_list,
+            "network-list": self.op_network_list,
         }
         self.streams: dict[str, Stream] = {
             "create": self.stream_create, "console": self.stream_console, "top": self.stream_top,
@@ -435,33 +436,100 @@ class HostDaemon:
         the dom0-owned backend directory and, for ``pty``, the frontend's
         ``tty`` (``/NO-SUCH-PATH`` when absent, as libxl).
         """
-        wanted = _arg(args, "domains", list)
-        if not wanted:
-            raise OpError("EINVAL", "channel-list: no domain given")
         rows: list[dict[str, Any]] = []
-        for ident in wanted:
-            rows.extend(await self._channels(self.resolve(ident)))
+        for domid in self._resolve_all(args, "channel-list"):
+            rows.extend(await self._channels(domid))
         return {"rows": rows}
 
-    async def _channels(self, domid: int) -> list[dict[str, Any]]:
+    async def op_block_list(self, args: dict[str, Any]) -> Any:
+        """``xl block-list DOMAIN...``: every virtual disk, from xenstore.
+
+        As libxl's ``libxl_device_disk_getinfo``: the devices under
+        ``/libxl/<D>/device/vbd`` in devid order, the backend path recorded
+        there (a device without one, or with one that names no backend
+        domain, is skipped, as xl skips a disk whose getinfo fails),
+        ``state``, ``event-channel`` and ``ring-ref`` from the frontend (-1
+        when absent or not a number: the guest writes them; a multi-page ring
+        has ``ring-ref0``... instead, so -1 as in libxl), and the domain
+        itself as ``frontend_id``.
+        """
         xs = self.host.kernel.xs
-        lib = f"/libxl/{domid}/device/console"
+        rows: list[dict[str, Any]] = []
+        for domid in self._resolve_all(args, "block-list"):
+            for devid, backend, backend_id, fe in await self._devices(domid, "vbd"):
+                rows.append({
+                    "domid": domid, "devid": devid, "backend_id": backend_id,
+                    "frontend_id": domid, "backend": backend,
+                    "state": _xs_int(await _xs_text(xs, f"{fe}/state")),
+                    "evtch": _xs_int(await _xs_text(xs, f"{fe}/event-channel")),
+                    "rref": _xs_int(await _xs_text(xs, f"{fe}/ring-ref")),
+                })
+        return {"rows": rows}
+
+    async def op_network_list(self, args: dict[str, Any]) -> Any:
+        """``xl network-list DOMAIN...``: every virtual interface, from xenstore.
+
+        As libxl's ``libxl_device_nic_getinfo``: the devices under
+        ``/libxl/<D>/device/vif`` in devid order with their recorded backend
+        path (skipped when missing or unparsable), ``state``,
+        ``event-channel``, ``tx-ring-ref`` and ``rx-ring-ref`` from the
+        frontend (-1 when absent or not a number). The MAC comes from the
+        dom0-owned backend directory (libxl keeps its own copy under
+        ``/libxl``; xensim's toolstack writes it to the backend only);
+        ``00:00:00:00:00:00`` if it is missing or malformed.
+        """
+        xs = self.host.kernel.xs
+        rows: list[dict[str, Any]] = []
+        for domid in self._resolve_all(args, "network-list"):
+            for devid, backend, backend_id, fe in await self._devices(domid, "vif"):
+                mac = (await _xs_text(xs, f"{backend}/mac") or "").lower()
+                rows.append({
+                    "domid": domid, "devid": devid, "backend_id": backend_id,
+                    "backend": backend,
+                    "mac": mac if _MAC.fullmatch(mac) else "00:00:00:00:00:00",
+                    "state": _xs_int(await _xs_text(xs, f"{fe}/state")),
+                    "evtch": _xs_int(await _xs_text(xs, f"{fe}/event-channel")),
+                    "rref_tx": _xs_int(await _xs_text(xs, f"{fe}/tx-ring-ref")),
+                    "rref_rx": _xs_int(await _xs_text(xs, f"{fe}/rx-ring-ref")),
+                })
+        return {"rows": rows}
+
+    def _resolve_all(self, args: dict[str, Any], op: str) -> list[int]:
+        """The ``domains`` argument of a ``*-list`` op, resolved (all or nothing)."""
+        wanted = _arg(args, "domains", list)
+        if not wanted:
+            raise OpError("EINVAL", f"{op}: no domain given")
+        return [self.resolve(ident) for ident in wanted]
+
+    async def _devices(self, domid: int, kind: str) -> list[tuple[int, str, int, str]]:
+        """``(devid, backend path, backend domid, frontend path)`` for each
+        device of ``kind`` that libxl's records (``/libxl/<D>/device/<kind>``)
+        describe, in devid order."""
+        xs = self.host.kernel.xs
+        lib = f"/libxl/{domid}/device/{kind}"
         try:
             names = await xs.directory(lib)
         except XenStoreError:
             return []
+        out = []
+        for devid in sorted(int(x) for x in names if x.isdigit() and len(x) <= 10):
+            backend = await _xs_text(xs, f"{lib}/{devid}/backend")
+            m = None if backend is None else _BACKEND_PATH.match(backend)
+            if backend is None or m is None:
+                continue  # libxl's getinfo fails and xl skips the device
+            out.append((devid, backend, int(m.group(1)),
+                        f"/local/domain/{domid}/device/{kind}/{devid}"))
+        return out
+
+    async def _channels(self, domid: int) -> list[dict[str, Any]]:
+        xs = self.host.kernel.xs
         rows = []
-        for n in sorted(int(x) for x in names if x.isdigit() and int(x) >= 1):
-            backend = await _xs_text(xs, f"{lib}/{n}/backend")
-            if backend is None:
-                continue  # libxl skips a device it cannot describe
-            m = _BACKEND_PATH.match(backend)
-            if m is None:
-                continue
-            fe = f"/local/domain/{domid}/device/console/{n}"
+        for n, backend, backend_id, fe in await self._devices(domid, "console"):
+            if n < 1:
+                continue  # console 0 is the primary console, not a channel
             connection = await _xs_text(xs, f"{backend}/connection") or "pty"
             row: dict[str, Any] = {
-                "domid": domid, "idx": n - 1, "backend_id": int(m.group(1)),
+                "domid": domid, "idx": n - 1, "backend_id": backend_id,
                 "state": _xs_int(await _xs_text(xs, f"{fe}/state")),
                 "evtch": _xs_int(await _xs_text(xs, f"{fe}/port")),
                 "rref": _xs_int(await _xs_text(xs, f"{fe}/ring-ref")),
@@ -794,6 +862,7 @@ def _device_counters(host: Host) -> dict[int, dict[str, int]]:
 
 
 _BACKEND_PATH = re.compile(r"^/local/domain/(\d+)/backend/")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 async def _xs_text(xs: Any, path: str) -> str | None:

@@ -474,21 +474,29 @@ def vcpu_list(client: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _channel_list_args(p: argparse.ArgumentParser) -> None:
+def _domains_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("domains", nargs="+", metavar="DOMAIN", help="domain names or ids")
     _control_arg(p)
 
 
-@verb("channel-list", "list a domain's channels (named secondary consoles) (xl channel-list)",
-      _channel_list_args)
-@_remote
-def channel_list(client: Any, args: argparse.Namespace) -> int:
-    """``xl channel-list DOMAIN...``: xl's columns, one line per channel."""
-    from dom0.toolstack.formats import format_channel_list
+def _device_list_verb(op: str, what: str, whats: str) -> None:
+    """Register ``xl <op> DOMAIN...``: the host's rows for ``op``, in xl's columns
+    (``formats.format_<op with _>``)."""
 
-    result = client.request("channel-list", {"domains": args.domains})
-    print(format_channel_list(result["rows"]))
-    return EXIT_OK
+    def device_list(client: Any, args: argparse.Namespace) -> int:
+        from dom0.toolstack import formats
+
+        result = client.request(op, {"domains": args.domains})
+        print(getattr(formats, "format_" + op.replace("-", "_"))(result["rows"]))
+        return EXIT_OK
+
+    device_list.__doc__ = f"``xl {op} DOMAIN...``: xl's columns, one line per {what}."
+    verb(op, f"list a domain's {whats} (xl {op})", _domains_args)(_remote(device_list))
+
+
+_device_list_verb("channel-list", "channel", "channels (named secondary consoles)")
+_device_list_verb("block-list", "virtual disk", "virtual disks")
+_device_list_verb("network-list", "virtual network interface", "virtual network interfaces")
 
 
 def _top_args(p: argparse.ArgumentParser) -> None:

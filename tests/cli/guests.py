@@ -35,3 +35,13 @@ async def two_channels(guest: Guest) -> None:
     await guest.console.print(f"{guest.name}: channels up")
     while await guest.console.readline() != "quit":
         pass
+
+
+async def devices_up(guest: Guest) -> None:
+    """Use disk ``xvda`` and wait for carrier on vif 0, say so on the console,
+    then power off when ``quit`` is typed there."""
+    await guest.disk("xvda").read(0, 512)
+    await guest.nic(0).wait_carrier()
+    await guest.console.print(f"{guest.name}: devices up")
+    while await guest.console.readline() != "quit":
+        pass

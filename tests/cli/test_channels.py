@@ -10,7 +10,7 @@ from dom0.toolstack.formats import (
     format_channel_row,
 )
 from tests.cli.conftest import CLI, REPO, Daemon
-from tests.cli.test_e2e import _read_until
+from tests.cli.test_e2e import _read_until, wait_for_console
 
 HVC1 = ('name = "{name}"\nkernel = "tests.cli.guests:hvc1_echo"\nmemory = 8\n'
         'channel = ["name=org.example.0,connection=pty"]\n')
@@ -95,17 +95,7 @@ def test_channel_list_pty_and_socket(daemon: Daemon) -> None:
             'channel = ["name=org.example.0,connection=pty", '
             f'"name=org.example.1,connection=socket,path={sock}"]\n')
     _create(daemon, "cl1", text)
-    p = subprocess.Popen([*CLI, "console", "cl1"], cwd=REPO, env=daemon.env,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert p.stdin is not None and p.stdout is not None
-    try:
-        _read_until(p.stdout, b"cl1: channels up")  # both frontends are connected
-        p.stdin.write(b"\x1d")
-        p.stdin.flush()
-        assert p.wait(timeout=15) == 0
-    finally:
-        p.kill()
-        p.wait()
+    wait_for_console(daemon, "cl1", b"cl1: channels up")  # its frontends are connected
     r = daemon.xensim("channel-list", "cl1")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.rstrip("\n").split("\n")

@@ -86,7 +86,7 @@ def test_every_verb_has_help() -> None:
     assert {"host", "create", "list", "destroy", "shutdown", "reboot", "pause", "unpause",
             "console", "mem-set", "info", "block-attach", "block-detach", "network-attach",
             "network-detach", "sched-credit", "vcpu-list", "top", "run", "demo",
-            "xenstored"} <= set(VERBS)
+            "xenstored", "channel-list", "block-list", "network-list"} <= set(VERBS)
     r = subprocess.run([*CLI, "list", "--help"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "exit status" in r.stdout
 
@@ -167,6 +167,22 @@ def _read_until(stream: object, needle: bytes, timeout: float = 15) -> bytes:
             assert chunk, f"EOF before {needle!r}; got {seen!r}"
             seen += chunk
     return seen
+
+
+def wait_for_console(daemon: Daemon, name: str, line: bytes) -> None:
+    """Attach to ``name``'s console until it has printed ``line``, then detach
+    (how the CLI tests wait for a guest to reach a point of its program)."""
+    p = subprocess.Popen([*CLI, "console", name], cwd=REPO, env=daemon.env,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdin is not None and p.stdout is not None
+    try:
+        _read_until(p.stdout, line)
+        p.stdin.write(b"\x1d")  # Ctrl-] detaches
+        p.stdin.flush()
+        assert p.wait(timeout=15) == 0
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_console_attach_send_detach_through_pipes(daemon: Daemon) -> None:
