@@ -64,6 +64,7 @@ from dom0.toolstack.xlcfg import vdev_number
 from domu.frontends.bus import Frontend
 from domu.kernel import GuestKernel
 from hypervisor.domain import ShutdownReason
+from hypervisor.errno import XenError
 from hypervisor.hypervisor import DEFAULT_NR_PCPUS, Hypervisor
 
 __all__ = [
@@ -414,6 +415,24 @@ class DomainHandle:
         """The domain a restart created from this one, if any."""
         succ = self.record.successor
         return DomainHandle(self._host, succ) if succ is not None else None
+
+    async def set_memory_target(self, kib: int) -> None:
+        """``xl mem-set``: ask the guest's balloon for ``kib`` KiB; see
+        :meth:`Toolstack.set_memory_target` (does not wait for the balloon).
+
+        Raises:
+            ValueError: not running, below 1 MiB or above ``maxmem``.
+        """
+        await self._host.toolstack.set_memory_target(self.record, kib)
+
+    @property
+    def memory_kib(self) -> int:
+        """KiB the domain has now (its populated pages: ``xl list``'s Mem, in KiB);
+        0 once it is gone."""
+        try:
+            return self._host.kernel.hc.domctl_getdomaininfo(self.domid).tot_pages * 4
+        except XenError:
+            return 0
 
     # -- hot-plug (xl block-attach / block-detach / network-attach ...) ----------------------
 

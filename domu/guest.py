@@ -31,6 +31,7 @@ from domu.xenstore import XenStoreError, read_or_none
 from ring.blkif import vdev_encode
 
 if TYPE_CHECKING:
+    from domu.balloon import Balloon
     from domu.frontends.bus import Frontend
     from domu.xenstore import XenStoreClient
     from hypervisor.hypercall import HypercallInterface
@@ -228,13 +229,16 @@ class Guest:
             drivers land).
         cpu: the domain's vCPUs (:class:`GuestCpu`; None without a
             hypercall interface, e.g. in unit tests).
+        balloon: the kernel's balloon driver (:class:`~domu.balloon.Balloon`:
+            ``current_kb``, ``target_kb``, ``ballooned_kb``); None in unit tests.
     """
 
     def __init__(self, domid: int, name: str, extra: str, console: GuestConsole,
                  xenstore: XenStoreClient, devices: Mapping[str, Frontend],
                  request_shutdown: Callable[[str], None], *,
-                 cpu: GuestCpu | None = None) -> None:
+                 cpu: GuestCpu | None = None, balloon: Balloon | None = None) -> None:
         self.cpu = cpu
+        self.balloon = balloon
         self.domid = domid
         self.name = name
         self.extra = extra

@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
+from domu.balloon import PAGE_KIB, Balloon
 from domu.evtchn import EventDispatcher, PortWaiter
 from domu.frontends.bus import Frontend, FrontendBus, PageAllocator
 from domu.frontends.console import ConsoleFront
@@ -50,9 +51,11 @@ from domu.xenstore import (
     XenStoreError,
     XenStoreProtocolError,
     open_xenstore_ring,
+    read_or_none,
 )
 from hypervisor.domain import ShutdownReason
 from hypervisor.hypercall import HypercallInterface
+from hypervisor.memory import MAX_GFN
 from hypervisor.vcpu import DomainDestroyed
 
 __all__ = ["DEVICE_CLOSE_TIMEOUT", "DEVICE_CONNECT_TIMEOUT", "GuestKernel", "Program"]
@@ -183,8 +186,12 @@ class GuestKernel:
                 for feature in ("feature-poweroff", "feature-reboot", "feature-suspend"):
                     await xs.write(f"{home}/control/{feature}", "1")
                 await nursery.start(self._watch_control, xs, home)
+                balloon = Balloon(hc, pages, await _extra_memory(xs, home, hc))
+                await nursery.start(balloon.run)
+                await nursery.start(balloon.watch_target, xs, home)
                 guest = Guest(hc.domid, name, si.cmd_line, GuestConsole(console), xs,
-                              bus.devices, self.request_shutdown, cpu=GuestCpu(hc))
+                              bus.devices, self.request_shutdown, cpu=GuestCpu(hc),
+                              balloon=balloon)
                 reason = await self._run_program(guest)
                 with trio.move_on_after(DEVICE_CLOSE_TIMEOUT):
                     await bus.close_all()
@@ -244,3 +251,17 @@ class GuestKernel:
         assert self.console is not None
         with trio.move_on_after(CRASH_MESSAGE_TIMEOUT), contextlib.suppress(Exception):
             await self.console.write(f"Kernel panic - guest program crashed:\n{text}".encode())
+
+
+async def _extra_memory(xs: XenStoreClient, home: str, hc: HypercallInterface) -> range:
+    """The gfns between the domain's boot memory and ``memory/static-max`` (xl.cfg
+    ``maxmem``): they start out in the balloon, as Linux PV's extra memory region.
+
+    Empty when ``static-max`` is missing, not a number, or not above the boot
+    memory; never past :data:`~hypervisor.memory.MAX_GFN`.
+    """
+    raw = await read_or_none(xs, f"{home}/memory/static-max")
+    nr = hc.current_reservation()
+    if raw is None or not raw.isdigit() or len(raw) > 12:
+        return range(nr, nr)
+    return range(nr, max(nr, min(int(raw) // PAGE_KIB, MAX_GFN)))

@@ -783,6 +783,35 @@ class Toolstack:
             with trio.move_on_after(timeout):
                 await rec.finished.wait()
 
+    async def set_memory_target(self, rec: DomainRecord, kib: int) -> int:
+        """``xl mem-set``: the balloon target (KiB) and Xen's ceiling (libxl's
+        ``libxl_set_memory_target``).
+
+        Writes ``memory/target``, which the guest's balloon driver follows, and
+        sets Xen's ``max_pages`` to the target plus 1 MiB of slack
+        (``LIBXL_MAXMEM_CONSTANT``). Does not wait for the guest: ``xl list``'s
+        Mem column follows as the balloon moves.
+
+        Returns:
+            The domain's ``memory/static-max`` (KiB).
+
+        Raises:
+            ValueError: the domain is not running, the target is below 1 MiB,
+                or above ``memory/static-max`` (xl.cfg ``maxmem``); nothing changed.
+        """
+        if rec.state != "running" or rec.domid is None:
+            raise ValueError(f"{rec.name} is not running")
+        if kib < KIB_PER_MIB:
+            raise ValueError(f"{kib} KiB is below the 1 MiB minimum")
+        base = f"{rec.dom_path}/memory"
+        static_max = int((await self.xs.read(f"{base}/static-max")).decode())
+        if kib > static_max:
+            raise ValueError(f"{kib} KiB exceeds the domain's maximum "
+                             f"(memory/static-max = {static_max} KiB)")
+        await self.xs.write(f"{base}/target", str(kib))
+        self.kernel.hc.domctl_max_mem(rec.domid, kib + KIB_PER_MIB)
+        return static_max
+
     async def destroy_all(self) -> None:
         """Destroy every domain (host shutdown)."""
         for rec in list(self.building):

@@ -266,23 +266,13 @@ class HostDaemon:
         return {"domid": dom.domid}
 
     async def op_mem_set(self, args: dict[str, Any]) -> Any:
-        """``xl mem-set DOMAIN MEM``: the balloon target (KiB) and Xen's ceiling.
-
-        Writes ``memory/target`` (what a balloon driver obeys) and sets Xen's
-        ``max_pages`` to target + 1 MiB of slack, as libxl does. The target
-        must not exceed ``memory/static-max``.
-        """
+        """``xl mem-set DOMAIN MEM``: see :meth:`Toolstack.set_memory_target`."""
         dom = self.guest(args.get("domain"), "mem-set")
         kib = _arg(args, "kib", int)
-        if kib < 1024:
-            raise OpError("EINVAL", f"mem-set: {kib} KiB is below the 1 MiB minimum")
-        base = f"/local/domain/{dom.domid}/memory"
-        static_max = int((await self.host.kernel.xs.read(f"{base}/static-max")).decode())
-        if kib > static_max:
-            raise OpError("EINVAL", f"mem-set: {kib} KiB exceeds the domain's maximum "
-                          f"(memory/static-max = {static_max} KiB)")
-        await self.host.kernel.xs.write(f"{base}/target", str(kib))
-        self.host.kernel.hc.domctl_max_mem(dom.domid, kib + 1024)
+        try:
+            static_max = await self.host.toolstack.set_memory_target(dom.record, kib)
+        except ValueError as exc:
+            raise OpError("EINVAL", f"mem-set: {exc}") from None
         return {"domid": dom.domid, "target_kib": kib, "static_max_kib": static_max}
 
     async def op_info(self, args: dict[str, Any]) -> Any:

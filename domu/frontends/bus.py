@@ -145,6 +145,14 @@ class PageAllocator:
         """Give a page back."""
         self._free.append(gfn)
 
+    def take(self, n: int) -> list[Gfn]:
+        """Remove up to ``n`` free pages and return their gfns, contents untouched
+        (for the balloon, which hands them to Xen)."""
+        n = min(max(n, 0), len(self._free))
+        taken = [Gfn(g) for g in self._free[len(self._free) - n :]]
+        del self._free[len(self._free) - n :]
+        return taken
+
     @property
     def free_count(self) -> int:
         """Pages available."""

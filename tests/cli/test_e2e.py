@@ -278,7 +278,15 @@ def test_info(daemon: Daemon) -> None:
 
 def test_mem_set(daemon: Daemon) -> None:
     create(daemon, "ms1", TICKER + "maxmem = 16\n")
-    assert daemon.xensim("mem-set", "ms1", "12m").returncode == 0
+    assert rows(daemon.xensim("list", "ms1").stdout)["ms1"]["mem"].strip() == "8"
+    for target, mib in (("12m", "12"), ("4096", "4")):  # KiB without a suffix
+        assert daemon.xensim("mem-set", "ms1", target).returncode == 0
+        # the guest's balloon follows on its own: xl list shows it once it has
+        for _ in range(50):
+            if rows(daemon.xensim("list", "ms1").stdout)["ms1"]["mem"].strip() == mib:
+                break
+        else:
+            raise AssertionError(f"Mem never reached {mib} MiB")
     r = daemon.xensim("mem-set", "ms1", "1g")
     assert r.returncode == 1 and "static-max" in r.stderr
     daemon.xensim("destroy", "ms1")
