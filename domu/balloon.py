@@ -143,7 +143,7 @@ class Balloon:
                 if raw is None:
                     continue  # not set (yet): nothing to aim for, as Linux
                 text = raw.decode("ascii", "replace")
-                if not text.isdigit() or int(text) > _MAX_TARGET_KIB:
+                if not text.isdigit() or len(text) > 14 or int(text) > _MAX_TARGET_KIB:
                     self.bad_targets += 1
                     _log.warning("d%d: ignoring memory/target %r", self.hc.domid, text[:40])
                     continue
