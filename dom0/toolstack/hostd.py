@@ -137,6 +137,59 @@ def _arg(args: Mapping[str, Any], key: str, kind: type | tuple[type, ...], *,
     return value
 
 
+def _vcpu_pin_plan(args: Mapping[str, Any], name: str, vcpus: list[int], nr_cpus: int,
+                   ) -> tuple[list[int], list[int] | None]:
+    """Check a ``vcpu-pin`` request (client data) against the domain and host.
+
+    Args:
+        args: the request's ``vcpu``, ``hard``, ``soft`` and ``force``
+            (see :meth:`HostDaemon.op_vcpu_pin`).
+        name: the domain's name, for messages.
+        vcpus: the domain's vCPU ids.
+        nr_cpus: the host's pCPU count.
+
+    Returns:
+        The vCPUs to pin, and their new hard affinity (sorted pCPUs), or None
+        to leave it as it is.
+
+    Raises:
+        OpError: EINVAL, saying what is wrong; nothing has been changed.
+    """
+    from dom0.toolstack.xlcfg import parse_cpulist
+
+    vcpu = args.get("vcpu")
+    if vcpu != "all" and (not isinstance(vcpu, int) or isinstance(vcpu, bool) or vcpu < 0):
+        raise OpError("EINVAL", "vcpu-pin: the VCPU is a vCPU number or 'all'")
+    hard = _arg(args, "hard", str, optional=True)
+    soft = _arg(args, "soft", str, optional=True)
+    force = _arg(args, "force", bool, default=False)
+    if force and vcpu == "all":
+        raise OpError("EINVAL", "vcpu-pin: --force and 'all' as VCPU not allowed")
+    if soft not in (None, "all"):
+        raise OpError("EINVAL", f"vcpu-pin: soft affinity is not simulated (vcpu-list always "
+                      f"shows 'all'): give '-' or 'all' for it, not '{soft}'")
+    if hard is None and soft is None and not force:  # libxl: no cpumap and no flag
+        raise OpError("EINVAL", "vcpu-pin: nothing to change: the hard affinity is '-' and "
+                      "no soft affinity is given")
+    if vcpu == "all":
+        targets = list(vcpus)
+    elif vcpu in vcpus:
+        targets = [vcpu]
+    else:
+        ids = f"0-{len(vcpus) - 1}" if len(vcpus) > 1 else "0"  # a domain's ids are 0..n-1
+        raise OpError("EINVAL", f"vcpu-pin: {name} has no vCPU {vcpu} "
+                      f"(it has {len(vcpus)}: {ids})")
+    if hard is None:
+        return targets, None
+    try:
+        cpus = parse_cpulist(hard, nr_cpus)
+    except ConfigError as exc:
+        raise OpError("EINVAL", f"vcpu-pin: {exc}") from None
+    if not cpus:
+        raise OpError("EINVAL", f"vcpu-pin: CPULIST `{hard}' leaves no pCPU to run on")
+    return targets, sorted(cpus)
+
+
 Stream = Callable[["_Client", Request, "trio.MemoryReceiveChannel[bytes]"], Awaitable[Any]]
 
 
@@ -160,6 +213,7 @@ class HostDaemon:
             "network-attach": self.op_network_attach,
             "network-detach": self.op_network_detach,
             "sched-credit": self.op_sched_credit, "vcpu-list": self.op_vcpu_list,
+            "vcpu-pin": self.op_vcpu_pin,
             "channel-list": self.op_channel_list, "block-list": self.op_block_list,
             "network-list": self.op_network_list,
         }
@@ -414,6 +468,29 @@ class HostDaemon:
                  "running": v.running, "blocked": v.blocked, "time": v.cpu_time,
                  "hard": sorted(v.affinity), "soft": None} for v in infos]
         return {"nr_cpus": hc.sysctl_physinfo().nr_cpus, "rows": rows}
+
+    async def op_vcpu_pin(self, args: dict[str, Any]) -> Any:
+        """``xl vcpu-pin [-f] DOMAIN VCPU|all HARD|- [SOFT|-]``: set hard affinity.
+
+        Args (client data, checked by :func:`_vcpu_pin_plan` before anything
+        changes): ``domain``; ``vcpu``, a vCPU number or ``"all"``; ``hard``,
+        a CPULIST (xl.cfg ``cpus=`` syntax) or None to leave it; ``soft``,
+        None or ``"all"`` (soft affinity is not simulated); ``force``.
+        Domain-0 may be pinned, as with xl.
+
+        Returns:
+            ``domid``, the ``vcpus`` pinned and their new ``hard`` affinity
+            (None when it was left alone).
+        """
+        domid = self.resolve(args.get("domain"))
+        hc = self.host.kernel.hc
+        vcpus = [v.vcpu_id for v in hc.sysctl_vcpu_list(domid)]
+        targets, cpus = _vcpu_pin_plan(args, self._name(domid, f"d{domid}"), vcpus,
+                                       hc.sysctl_physinfo().nr_cpus)
+        if cpus is not None:
+            for vcpu in targets:
+                hc.domctl_setvcpuaffinity(domid, vcpu, cpus)
+        return {"domid": domid, "vcpus": targets, "hard": cpus}
 
     async def op_channel_list(self, args: dict[str, Any]) -> Any:
         """``xl channel-list DOMAIN...``: every secondary console, from xenstore.

@@ -474,6 +474,64 @@ def vcpu_list(client: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_VCPU_RE = re.compile(r"[0-9]+")
+_VCPU_MAX = 2**32 - 1
+
+
+def parse_vcpu_arg(text: str) -> int | str:
+    """``xl vcpu-pin``'s VCPU argument: a vCPU number (decimal), or ``"all"``.
+
+    Raises:
+        ValueError: anything else (xl: ``Invalid argument ... as VCPU``).
+    """
+    if text == "all":
+        return "all"
+    if not _VCPU_RE.fullmatch(text) or int(text) > _VCPU_MAX:
+        raise ValueError(f"invalid VCPU '{text}' (expected a vCPU number or 'all')")
+    return int(text)
+
+
+def _vcpu_pin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true",
+                   help="as xl, undo a temporary pinning made by the guest kernel; xensim "
+                   "guests cannot make one, so this only refuses VCPU 'all' (as xl does)")
+    p.add_argument("-i", "--ignore-global-affinity-masks", action="store_true",
+                   help="accepted for xl compatibility: xensim has no xl.conf global "
+                   "affinity masks to ignore")
+    _domain(p)
+    p.add_argument("vcpu", metavar="VCPU", help="a vCPU number, or 'all'")
+    p.add_argument("hard", metavar="HARD",
+                   help="hard affinity: a CPULIST as in xl.cfg cpus= ('0-3', '0,2', "
+                   "'all,^1', 'all'), or '-' to leave it unchanged")
+    p.add_argument("soft", metavar="SOFT", nargs="?",
+                   help="soft affinity: '-' (the default) or 'all' only; soft affinity is "
+                   "not simulated")
+
+
+@verb("vcpu-pin", "set which pCPUs a vCPU may run on: its hard affinity (xl vcpu-pin)",
+      _with_args(_vcpu_pin_args))
+def vcpu_pin(args: argparse.Namespace) -> int:
+    """``xl vcpu-pin [-f] DOMAIN VCPU|all HARD|-|all [SOFT|-|all]``; prints nothing.
+
+    The VCPU argument is checked here; the CPU lists, the vCPU's existence and
+    everything else by the host, which changes nothing unless all is well.
+    """
+    try:
+        vcpu = parse_vcpu_arg(args.vcpu)
+    except ValueError as exc:
+        _err(f"vcpu-pin: {exc}")
+        return EXIT_FAILED
+    request = {"domain": args.domain, "vcpu": vcpu, "force": args.force,
+               "hard": None if args.hard == "-" else args.hard,
+               "soft": None if args.soft in (None, "-") else args.soft}
+
+    def go(client: Any, a: argparse.Namespace) -> int:
+        client.request("vcpu-pin", request)
+        return EXIT_OK
+
+    return _remote(go)(args)
+
+
 def _domains_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("domains", nargs="+", metavar="DOMAIN", help="domain names or ids")
     _control_arg(p)
