@@ -149,7 +149,9 @@ async def dom0_echo(host: Host, *, task_status: trio.TaskStatus[None] = trio.TAS
                 async for chunk in session:
                     await session.send(chunk)
 
-    seen: set[tuple[int, int]] = set()
+    # the connection each backend instance was last echoed on; the instance is
+    # held, so a new one cannot be mistaken for it (id() is reused after GC)
+    seen: dict[int, tuple[ConsoleBack, int]] = {}
     async with host.kernel.xs.watch("/local/domain/0/backend/console") as watch, \
             trio.open_nursery() as nursery:
         task_status.started()
@@ -158,9 +160,10 @@ async def dom0_echo(host: Host, *, task_status: trio.TaskStatus[None] = trio.TAS
                 back = runner.instance
                 if kind != "console" or not isinstance(back, ConsoleBack) or not back.connected:
                     continue
-                if (id(back), back.connections) in seen:
+                last = seen.get(id(back))
+                if last is not None and last[0] is back and last[1] == back.connections:
                     continue
-                seen.add((id(back), back.connections))
+                seen[id(back)] = (back, back.connections)
                 con = host.domain(domid).consoles[devid]
                 assert isinstance(con, SecondaryConsole)
                 nursery.start_soon(echo, con)
