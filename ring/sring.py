@@ -812,8 +812,9 @@ class FrontRing(Generic[ReqT, RspT]):
             Decoded responses in ring order (possibly empty).
 
         Raises:
-            RingOverflowError: ``rsp_prod - rsp_cons > nr_ents`` (backend
-                misbehaved) now or earlier; the ring is marked broken.
+            RingOverflowError: ``rsp_prod - rsp_cons > nr_ents``, or more
+                responses than requests made (``> req_prod_pvt - rsp_cons``):
+                the backend misbehaved, now or earlier; the ring is marked broken.
         """
         cons, n = self._claim_responses(limit)
         out = _copy_out(self.sring, self._codec.decode_response, cons, n)
@@ -836,8 +837,9 @@ class FrontRing(Generic[ReqT, RspT]):
             Decoded responses in ring order (possibly empty).
 
         Raises:
-            RingOverflowError: ``rsp_prod - rsp_cons > nr_ents`` (backend
-                misbehaved) now or earlier; the ring is marked broken.
+            RingOverflowError: ``rsp_prod - rsp_cons > nr_ents``, or more
+                responses than requests made (``> req_prod_pvt - rsp_cons``):
+                the backend misbehaved, now or earlier; the ring is marked broken.
         """
         cons, n = self._claim_responses(limit)
         if not n:
@@ -857,6 +859,14 @@ class FrontRing(Generic[ReqT, RspT]):
             self.broken = True
             raise RingOverflowError(
                 f"illegal number of responses: rsp_prod={rp:#x} rsp_cons={cons:#x}"
+            )
+        if n > (self.req_prod_pvt - cons) & _M:
+            # Answers to requests never made: taking them would move rsp_cons past
+            # req_prod_pvt and make free_requests() nonsense.
+            self.broken = True
+            raise RingOverflowError(
+                f"more responses than requests: rsp_prod={rp:#x} rsp_cons={cons:#x} "
+                f"req_prod_pvt={self.req_prod_pvt:#x}"
             )
         if limit is not None and n > limit:
             n = max(limit, 0)

@@ -154,6 +154,25 @@ def test_response_prod_overflow() -> None:
     assert front.broken
 
 
+@pytest.mark.parametrize("batch", [False, True])
+def test_more_responses_than_requests_breaks_the_front_ring(batch: bool) -> None:
+    # within the ring size, but answering requests the frontend never made:
+    # taking them would move rsp_cons past req_prod_pvt (free_requests() > size)
+    front, _back, _ = pair(start=0xFFFFFFFE)
+    front.put_requests([req(1), req(2)])
+    front.push_requests()
+    front.sring.rsp_prod = (0xFFFFFFFE + 3) & M
+    assert not front.response_prod_overflow(front.sring.rsp_prod)  # the C macro's check
+    get = front.get_responses_batch if batch else front.get_responses
+    with pytest.raises(RingOverflowError, match="more responses than requests"):
+        get()
+    assert front.broken and front.rsp_cons == 0xFFFFFFFE
+    assert front.free_requests() == 30  # the private indices are untouched
+    front.sring.rsp_prod = (0xFFFFFFFE + 2) & M  # even a sane value: broken stays broken
+    with pytest.raises(RingOverflowError, match="broken"):
+        get()
+
+
 def test_put_response_without_request_is_our_bug() -> None:
     _front, back, _ = pair()
     with pytest.raises(RingUsageError):

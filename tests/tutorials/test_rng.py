@@ -209,8 +209,9 @@ async def test_a_lying_backend_closes_the_device_not_the_guest(
     assert reason == ShutdownReason.POWEROFF, dom.console.log().decode()  # never harmed
     log = dom.console.log()
     assert b"survived: rng/0: " in log, log
-    mode = xen_host_options["backend_drivers"]["rng"].mode
-    assert log.count(b"got 8") == (1 if mode == "duplicate" else 0)
+    # no lie gets an answer through; a duplicate makes the ring publish more
+    # responses than requests, which the frontend refuses before reading any
+    assert log.count(b"got 8") == 0
 
 
 class SlowRngBack(RngBack):
