@@ -67,6 +67,17 @@ def _remote(fn: Callable[[Any, argparse.Namespace], int]) -> Callable[[argparse.
     return run
 
 
+def _ask(op: str, body: dict[str, Any], args: argparse.Namespace) -> int:
+    """Send one request to the host daemon and print nothing: status 0 once it
+    is done, errors as :func:`_remote` reports them."""
+
+    def go(client: Any, _args: argparse.Namespace) -> int:
+        client.request(op, body)
+        return EXIT_OK
+
+    return _remote(go)(args)
+
+
 def _domain(p: argparse.ArgumentParser) -> None:
     p.add_argument("domain", metavar="DOMAIN", help="domain name or id")
 
@@ -196,11 +207,7 @@ def shutdown(args: argparse.Namespace) -> int:
         _err("shutdown: give a DOMAIN or -a (not both)")
         return EXIT_USAGE
 
-    def go(client: Any, a: argparse.Namespace) -> int:
-        client.request("shutdown", {"domain": a.domain, "all": a.all, "wait": a.wait})
-        return EXIT_OK
-
-    return _remote(go)(args)
+    return _ask("shutdown", {"domain": args.domain, "all": args.all, "wait": args.wait}, args)
 
 
 def _reboot_args(p: argparse.ArgumentParser) -> None:
@@ -325,11 +332,7 @@ def mem_set(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_USAGE
 
-    def go(client: Any, a: argparse.Namespace) -> int:
-        client.request("mem-set", {"domain": a.domain, "kib": kib})
-        return EXIT_OK
-
-    return _remote(go)(args)
+    return _ask("mem-set", {"domain": args.domain, "kib": kib}, args)
 
 
 @verb("info", "show the host's properties in xl info's format", _control_arg)
@@ -357,11 +360,7 @@ def _attach(op: str, check: Callable[[str], object], args: argparse.Namespace) -
         _err(f"{op}: {exc}")
         return EXIT_FAILED
 
-    def go(client: Any, a: argparse.Namespace) -> int:
-        client.request(op, {"domain": a.domain, "spec": spec})
-        return EXIT_OK
-
-    return _remote(go)(args)
+    return _ask(op, {"domain": args.domain, "spec": spec}, args)
 
 
 def _block_attach_args(p: argparse.ArgumentParser) -> None:
@@ -525,11 +524,7 @@ def vcpu_pin(args: argparse.Namespace) -> int:
                "hard": None if args.hard == "-" else args.hard,
                "soft": None if args.soft in (None, "-") else args.soft}
 
-    def go(client: Any, a: argparse.Namespace) -> int:
-        client.request("vcpu-pin", request)
-        return EXIT_OK
-
-    return _remote(go)(args)
+    return _ask("vcpu-pin", request, args)
 
 
 def _domains_args(p: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ directory (AF_UNIX paths are limited to 108 bytes).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -90,11 +91,12 @@ def start_daemon(directory: Path, *extra: str) -> Daemon:
     return Daemon(directory, proc, control, xenstore, log)
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    """One host daemon for the whole module; stopped (SIGINT) afterwards."""
-    d = Path(tempfile.mkdtemp(prefix="xc", dir="/tmp"))
-    dmn = start_daemon(d)
+@contextlib.contextmanager
+def running_daemon(*host_args: str, prefix: str = "xc") -> Iterator[Daemon]:
+    """``xensim host HOST_ARGS...`` in a fresh directory; stopped (SIGINT) on exit,
+    which must end with status 0."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    dmn = start_daemon(d, *host_args)
     try:
         yield dmn
     finally:
@@ -102,6 +104,13 @@ def daemon() -> Iterator[Daemon]:
         log = dmn.log.read_text()
         shutil.rmtree(d, ignore_errors=True)
         assert rc == 0, log
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    """One host daemon for the whole module; stopped (SIGINT) afterwards."""
+    with running_daemon() as dmn:
+        yield dmn
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from dom0.host import open_host
 from dom0.toolstack.config import GuestConfig
 from dom0.toolstack.hostd import HostDaemon, OpError, _vcpu_pin_plan
 from dom0.toolstack.verbs import parse_vcpu_arg
-from tests.cli.conftest import CLI, REPO, Daemon, start_daemon
+from tests.cli.conftest import CLI, REPO, Daemon, running_daemon
 
 TWO_VCPUS = 'name = "{name}"\nkernel = "examples.ticker:main"\nmemory = 8\nvcpus = 2\n'
 
@@ -114,15 +112,8 @@ async def test_op_vcpu_pin_sets_the_hypervisors_affinity_or_nothing(
 @pytest.fixture(scope="module")
 def host4() -> Iterator[Daemon]:
     """``xensim host --pcpus 4`` for this module (CPU lists want more than the default 2)."""
-    d = Path(tempfile.mkdtemp(prefix="xp", dir="/tmp"))
-    dmn = start_daemon(d, "--pcpus", "4")
-    try:
+    with running_daemon("--pcpus", "4", prefix="xp") as dmn:
         yield dmn
-    finally:
-        rc = dmn.stop()
-        log = dmn.log.read_text()
-        shutil.rmtree(d, ignore_errors=True)
-        assert rc == 0, log
 
 
 def _create(host: Daemon, name: str) -> None:
