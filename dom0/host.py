@@ -425,6 +425,23 @@ class DomainHandle:
         """
         await self._host.toolstack.set_memory_target(self.record, kib)
 
+    async def set_vcpus(self, n: int) -> None:
+        """``xl vcpu-set``: vCPUs 0..n-1 online, the others offline; see
+        :meth:`Toolstack.set_vcpus` (does not wait for the guest kernel).
+
+        Raises:
+            ValueError: not running, or ``n`` outside 1..maxvcpus.
+        """
+        await self._host.toolstack.set_vcpus(self.record, n)
+
+    @property
+    def online_vcpus(self) -> int:
+        """vCPUs online now (``xl list``'s VCPUs column); 0 once it is gone."""
+        try:
+            return self._host.kernel.hc.domctl_getdomaininfo(self.domid).nr_online_vcpus
+        except XenError:
+            return 0
+
     @property
     def memory_kib(self) -> int:
         """KiB the domain has now (its populated pages: ``xl list``'s Mem, in KiB);

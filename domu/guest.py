@@ -194,8 +194,18 @@ class GuestCpu:
 
     @property
     def count(self) -> int:
-        """How many vCPUs the domain has."""
+        """How many vCPUs the domain has (xl.cfg ``maxvcpus``), online or not."""
         return self._hc.nr_vcpus
+
+    @property
+    def online(self) -> tuple[int, ...]:
+        """The vCPUs that are up now (``VCPUOP_is_up``), in order; vCPU 0 always is.
+
+        The kernel brings vCPUs up and down as the toolstack asks
+        (``xensim vcpu-set``).
+        """
+        hc = self._hc
+        return tuple(i for i in range(hc.nr_vcpus) if hc.vcpu_is_up(i))
 
     async def run(self, seconds: float, vcpu: int = 0) -> None:
         """Use ``seconds`` of CPU time on ``vcpu`` (returns once the scheduler ran it that long).
@@ -204,9 +214,13 @@ class GuestCpu:
         a low weight) it takes longer than ``seconds`` of wall time; the
         time shows in ``xl list``'s Time(s) column.
 
+        A vCPU that is offline (not in :attr:`online`) takes no new work;
+        work under way when its vCPU goes offline waits, frozen, until the
+        vCPU is back online.
+
         Raises:
             DomainDestroyed: the domain is destroyed meanwhile.
-            XenError: EINVAL for a vCPU the domain lacks.
+            XenError: EINVAL for a vCPU the domain lacks or that is offline.
         """
         await self._hc.compute(seconds, vcpu)
 

@@ -10,7 +10,10 @@ like a Linux PV guest:
    and port, the console page and port, the command line;
 2. start the event dispatcher (vCPU 0's upcall loop) and bind the console
    port to the console frontend;
-3. connect to xenstored over its ring page (``open_xenstore_ring``);
+3. connect to xenstored over its ring page (``open_xenstore_ring``), and
+   bring its vCPUs up or down as ``cpu/<i>/availability`` says, then on
+   every change under ``cpu`` (Linux's ``drivers/xen/cpu_hotplug.c``; see
+   :meth:`GuestKernel._watch_cpus`);
 4. start the frontend bus: probe ``device/<type>/<id>`` and run the matching
    frontends; wait (<= :data:`DEVICE_CONNECT_TIMEOUT`) until they settle;
 5. advertise ``control/feature-{poweroff,reboot,suspend}``, watch
@@ -180,6 +183,7 @@ class GuestKernel:
             bus = FrontendBus(xs, hc, disp, GrantTableClient(hc), pages, self.frontend_drivers)
             self.bus = bus
             async with trio.open_nursery() as nursery:
+                await nursery.start(self._watch_cpus, xs, home)
                 await nursery.start(bus.run)
                 with trio.move_on_after(DEVICE_CONNECT_TIMEOUT):
                     await bus.wait_settled()
@@ -198,6 +202,48 @@ class GuestKernel:
                 nursery.cancel_scope.cancel()
             self.shutdown_reason = reason
             hc.sched_shutdown(reason)
+
+    async def _watch_cpus(self, xs: XenStoreClient, home: str, *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                          ) -> None:
+        """Linux ``cpu_hotplug.c``: follow ``cpu/<i>/availability`` with VCPUOP_up/_down.
+
+        Applied once before boot goes on (so the program starts with the
+        configured vCPUs online), then on every event of a watch on ``cpu``.
+        Only ``online`` and ``offline`` count; a missing or garbage value
+        leaves the vCPU as it is (Linux logs "unknown state" and does
+        nothing). vCPU 0 is never taken down: it runs this kernel's event
+        loop (and x86 Linux cannot offline CPU0 either); an ``offline`` for
+        it is ignored. The keys are the toolstack's: the guest may read but
+        not write them.
+        """
+        async with xs.watch(f"{home}/cpu", token="cpu-hotplug") as w:
+            await self._apply_cpu_availability(xs, home)
+            task_status.started()
+            async for _ in w:
+                await self._apply_cpu_availability(xs, home)
+
+    async def _apply_cpu_availability(self, xs: XenStoreClient, home: str) -> None:
+        hc = self.hc
+        for i in range(hc.nr_vcpus):
+            try:
+                raw = await read_or_none(xs, f"{home}/cpu/{i}/availability")
+            except XenStoreError as exc:
+                _log.info("d%d: cpu/%d/availability unreadable: %s", hc.domid, i, exc)
+                continue
+            if raw == b"online":
+                want = True
+            elif raw == b"offline" and i != 0:
+                want = False
+            else:
+                if raw is not None and raw != b"offline":
+                    _log.info("d%d: unknown state %r on CPU%d", hc.domid, raw, i)
+                continue
+            if hc.vcpu_is_up(i) != want:
+                if want:
+                    hc.vcpu_up(i)
+                else:
+                    hc.vcpu_down(i)
 
     async def _watch_control(self, xs: XenStoreClient, home: str, *,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,

@@ -346,17 +346,24 @@ class Domain:
             return DomainState.SHUTDOWN
         if self.pause_count:
             return DomainState.PAUSED
-        if all(v.is_blocked for v in self.vcpus):
+        if all(v.is_blocked for v in self.online_vcpus()):
             return DomainState.BLOCKED
         return DomainState.RUNNING
+
+    def online_vcpus(self) -> list[VCpu]:
+        """Its vCPUs that are up (not brought down with ``VCPUOP_down``)."""
+        return [v for v in self.vcpus if v.sched.online]
 
     def info(self, calling: bool = False) -> DomainInfo:
         """getdomaininfo, flags per xen-abi 11.1.
 
-        ``blocked``: every vCPU waits in SCHEDOP_block/poll and wants no CPU.
-        ``running``: some vCPU is on a pCPU now -- or the domain is the one
-        asking (``calling``), whose vCPU is running the hypercall (why
-        ``xl list`` always shows dom0 as ``r``).
+        Only online vCPUs count, as in Xen (``_VPF_down`` ones are skipped):
+        ``blocked``: every online vCPU waits in SCHEDOP_block/poll and wants
+        no CPU. ``running``: some online vCPU is on a pCPU now -- or the
+        domain is the one asking (``calling``), whose vCPU is running the
+        hypercall (why ``xl list`` always shows dom0 as ``r``).
+        ``nr_online_vcpus`` is their number (``xl list``'s VCPUs column);
+        ``max_vcpu_id`` is that of the last vCPU, online or not.
 
         Args:
             calling: this domain is making the getdomaininfo call.
@@ -369,15 +376,16 @@ class Domain:
             flags |= ((self.shutdown_code or 0) & 0xFF) << XEN_DOMINF_shutdownshift
         if self.pause_count:
             flags |= XEN_DOMINF_paused
-        if not self.dying and not self.is_shut_down:
+        online = self.online_vcpus()
+        if not self.dying and not self.is_shut_down and online:
             # A shut-down domain's vCPUs are paused, not blocked (xl: ---sc-).
-            if calling or any(v.sched.is_running for v in self.vcpus):
+            if calling or any(v.sched.is_running for v in online):
                 flags |= XEN_DOMINF_running
-            elif all(v.is_blocked and v.sched.runstate == RunState.BLOCKED for v in self.vcpus):
+            elif all(v.is_blocked and v.sched.runstate == RunState.BLOCKED for v in online):
                 flags |= XEN_DOMINF_blocked
         return DomainInfo(
             domid=self.domid, flags=flags, tot_pages=self.tot_pages, max_pages=self.max_pages,
-            shared_info_frame=self.shared_info_mfn, nr_online_vcpus=len(self.vcpus),
+            shared_info_frame=self.shared_info_mfn, nr_online_vcpus=len(online),
             max_vcpu_id=len(self.vcpus) - 1, handle=self.uuid, name=self.name,
             cpu_time=self.cpu_time_ns,
         )

@@ -59,6 +59,7 @@ HYPERVISOR_set_timer_op = 15
 HYPERVISOR_xen_version = 17
 HYPERVISOR_console_io = 18
 HYPERVISOR_grant_table_op = 20
+HYPERVISOR_vcpu_op = 24
 HYPERVISOR_sched_op = 29
 HYPERVISOR_event_channel_op = 32
 HYPERVISOR_sysctl = 35
@@ -66,6 +67,11 @@ HYPERVISOR_domctl = 36
 
 CONSOLEIO_write = 0
 CONSOLEIO_read = 1
+
+# VCPUOP_* (vcpu.h)
+VCPUOP_up = 1
+VCPUOP_down = 2
+VCPUOP_is_up = 3
 
 SCHEDOP_yield = 0
 SCHEDOP_block = 1
@@ -162,6 +168,10 @@ def build_table(hv: Hypervisor) -> dict[tuple[int, int], HypercallEntry]:
             (gt.GNTTABOP_setup_table, "setup_table", g.setup_table, S, 0, False),
             (gt.GNTTABOP_copy, "copy", g.copy, A, None, False),
             (gt.GNTTABOP_query_size, "query_size", g.query_size, S, 0, False)]),
+        (HYPERVISOR_vcpu_op, "vcpu_op", [
+            (VCPUOP_up, "up", hv.vcpu_up, A, None, False),
+            (VCPUOP_down, "down", hv.vcpu_down, A, None, False),
+            (VCPUOP_is_up, "is_up", hv.vcpu_is_up, A, None, False)]),
         (HYPERVISOR_sched_op, "sched_op", [
             (SCHEDOP_yield, "yield", hv.sched_yield, A, None, True),
             (SCHEDOP_block, "block", hv.sched_block, A, None, True),
@@ -514,13 +524,18 @@ class HypercallInterface:
         down it makes no progress. Several tasks may compute on one vCPU;
         their demands are served in order. Cancelling withdraws the rest.
 
+        An offline vCPU (``VCPUOP_down``) takes no new work: the call fails
+        as for a vCPU the domain lacks. Work already under way when its vCPU
+        goes down is frozen, not lost: it continues once the vCPU is up again
+        (as a downed Xen vCPU continues where it stopped).
+
         Args:
             seconds: CPU time; ``<= 0`` is just a checkpoint.
             vcpu: which of this domain's vCPUs.
 
         Raises:
             DomainDestroyed: the domain is (or gets) destroyed.
-            XenError: EINVAL for a bad vCPU number.
+            XenError: EINVAL for a bad vCPU number or an offline vCPU.
             RuntimeError: the hypervisor's service task is not running
                 (``await nursery.start(hv.run)`` first); NaN ``seconds``
                 (ValueError).
@@ -532,6 +547,8 @@ class HypercallInterface:
         if not isinstance(vcpu, int) or not 0 <= vcpu < len(vcpus):
             raise XenError(Errno.EINVAL, f"no vcpu {vcpu}")
         s = vcpus[vcpu].sched
+        if not s.online:
+            raise XenError(Errno.EINVAL, f"vcpu {vcpu} is offline")
         if not self._hv.sched.running:
             raise RuntimeError(
                 "compute() needs the hypervisor's scheduler: `await nursery.start(hv.run)`")
@@ -540,6 +557,35 @@ class HypercallInterface:
             await s.run(seconds)
         except VcpuGoneError:
             raise DomainDestroyed(f"d{dom.domid}") from None
+
+    # -- vCPU hot-plug ----------------------------------------------------------------------------
+
+    def vcpu_up(self, vcpu: int) -> None:
+        """``VCPUOP_up``: bring one of this domain's vCPUs up (no-op if it is up).
+
+        Raises:
+            XenError: ENOENT no such vCPU.
+        """
+        self.call(HYPERVISOR_vcpu_op, VCPUOP_up, vcpu)
+
+    def vcpu_down(self, vcpu: int) -> None:
+        """``VCPUOP_down``: take one of this domain's vCPUs off the CPUs (no-op if down).
+
+        Bringing down the last vCPU that is up powers the domain off (Xen's
+        rule). Work under way on the vCPU is frozen until it is up again.
+
+        Raises:
+            XenError: ENOENT no such vCPU.
+        """
+        self.call(HYPERVISOR_vcpu_op, VCPUOP_down, vcpu)
+
+    def vcpu_is_up(self, vcpu: int) -> bool:
+        """``VCPUOP_is_up``: whether the vCPU is up.
+
+        Raises:
+            XenError: ENOENT no such vCPU.
+        """
+        return bool(self.call(HYPERVISOR_vcpu_op, VCPUOP_is_up, vcpu))
 
     # -- console / version ------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ through the one hypercall table.
 
 This module also holds the handlers that orchestrate several mechanisms:
 domain creation and destruction (with zombies and VIRQ_DOM_EXC), sched_op,
-domctl, console_io and the simulation's foreign-mapping stand-in.
+vcpu_op (vCPU hot-plug), domctl, console_io and the simulation's foreign-mapping stand-in.
 
 The CPU scheduler (:class:`~hypervisor.sched.Scheduler`, ``hv.sched``) is
 the hypervisor's one asynchronous service: everything else is synchronous
@@ -313,6 +313,63 @@ class Hypervisor:
         if d.shutdown(self._reason(reason)):
             self._dom_exc()
 
+    # -- vcpu_op handlers (any domain, its own vCPUs; args guest-controlled) -----------------
+
+    @staticmethod
+    def _own_vcpu(caller: Domain, vcpuid: object) -> Any:
+        """``domain_vcpu``: the caller's vCPU, or ENOENT (EINVAL for a non-integer)."""
+        if isinstance(vcpuid, bool) or not isinstance(vcpuid, int):
+            raise XenError(Errno.EINVAL, "vcpu id must be an integer")
+        if not 0 <= vcpuid < len(caller.vcpus):
+            raise XenError(Errno.ENOENT, f"no vcpu {vcpuid}")
+        return caller.vcpus[vcpuid]
+
+    def vcpu_up(self, caller: Domain, vcpuid: int) -> int:
+        """``VCPUOP_up``: make one of the caller's vCPUs runnable again (no-op if up).
+
+        Every simulated vCPU counts as initialised (there is no register
+        state to load), so Xen's EINVAL for an uninitialised vCPU never
+        happens.
+
+        Returns:
+            0.
+
+        Raises:
+            XenError: ENOENT no such vCPU; EINVAL a non-integer id.
+        """
+        v = self._own_vcpu(caller, vcpuid)
+        v.sched.set_online(True)
+        return 0
+
+    def vcpu_down(self, caller: Domain, vcpuid: int) -> int:
+        """``VCPUOP_down``: take one of the caller's vCPUs off the CPUs (no-op if down).
+
+        As Xen's ``do_vcpu_op``: bringing down the last vCPU that is up
+        instead shuts the domain down with ``SHUTDOWN_poweroff`` (the vCPU
+        stays up). A vCPU on a pCPU leaves it at the next scheduling pass.
+
+        Returns:
+            0.
+
+        Raises:
+            XenError: ENOENT no such vCPU; EINVAL a non-integer id.
+        """
+        v = self._own_vcpu(caller, vcpuid)
+        if not any(o is not v and o.sched.online for o in caller.vcpus):
+            if caller.shutdown(ShutdownReason.POWEROFF):
+                self._dom_exc()
+            return 0
+        v.sched.set_online(False)
+        return 0
+
+    def vcpu_is_up(self, caller: Domain, vcpuid: int) -> int:
+        """``VCPUOP_is_up``: 1 if the vCPU is up, else 0.
+
+        Raises:
+            XenError: ENOENT no such vCPU; EINVAL a non-integer id.
+        """
+        return 1 if self._own_vcpu(caller, vcpuid).sched.online else 0
+
     # -- domctl / sysctl handlers (privileged) ------------------------------------------------
 
     def domctl_createdomain(self, caller: Domain, config: DomainConfig) -> DomId:
@@ -501,6 +558,9 @@ class Hypervisor:
             assert sorted(sd.vcpus) == list(range(len(d.vcpus))), f"d{d.domid}: sched vcpus"
             for v in d.vcpus:
                 assert v.sched is sd.vcpus[v.vcpu_id], f"d{d.domid}v{v.vcpu_id}: sched vcpu"
+                assert v.sched.online or not v.sched.runnable, \
+                    f"d{d.domid}v{v.vcpu_id}: offline but runnable"
+            assert any(v.sched.online for v in d.vcpus), f"d{d.domid}: no vCPU online"
             assert (sd.pause_count > 0) == (not d.runnable), f"d{d.domid}: sched pause state"
         assert set(sdoms) <= {d.domid for d in self.domains}, "scheduled domain without a domain"
         for d in self.domains:

@@ -812,6 +812,41 @@ class Toolstack:
         self.kernel.hc.domctl_max_mem(rec.domid, kib + KIB_PER_MIB)
         return static_max
 
+    async def set_vcpus(self, rec: DomainRecord, n: int) -> int:
+        """``xl vcpu-set``: vCPUs 0..n-1 online, the rest offline (libxl's
+        ``libxl_set_vcpuonline`` for a PV guest).
+
+        Writes ``cpu/<i>/availability`` = ``online``/``offline`` for every
+        vCPU in one transaction; the guest kernel follows it with
+        VCPUOP_up/_down (``xl list`` shows the change once it has).
+
+        Returns:
+            The domain's vCPU count (``maxvcpus``).
+
+        Raises:
+            ValueError: the domain is not running, or ``n`` is not
+                1..maxvcpus (libxl: "Requested 0 VCPUs!", "Requested N VCPUs,
+                however maxcpus is M!"); nothing changed.
+        """
+        if rec.state != "running" or rec.domid is None:
+            raise ValueError(f"{rec.name} is not running")
+        info = self._exists(rec.domid)
+        if info is None:
+            raise ValueError(f"{rec.name} is not running")
+        max_vcpus = info.max_vcpu_id + 1
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"requested {n!r} vCPUs: at least 1 must stay online")
+        if n > max_vcpus:
+            raise ValueError(f"requested {n} vCPUs, however maxvcpus is {max_vcpus}")
+        base = f"{rec.dom_path}/cpu"
+
+        async def write(tx: XenStoreTransaction) -> None:
+            for i in range(max_vcpus):
+                await tx.write(f"{base}/{i}/availability", "online" if i < n else "offline")
+
+        await self.xs.transaction(write)
+        return max_vcpus
+
     async def destroy_all(self) -> None:
         """Destroy every domain (host shutdown)."""
         for rec in list(self.building):

@@ -213,7 +213,7 @@ class HostDaemon:
             "network-attach": self.op_network_attach,
             "network-detach": self.op_network_detach,
             "sched-credit": self.op_sched_credit, "vcpu-list": self.op_vcpu_list,
-            "vcpu-pin": self.op_vcpu_pin,
+            "vcpu-pin": self.op_vcpu_pin, "vcpu-set": self.op_vcpu_set,
             "channel-list": self.op_channel_list, "block-list": self.op_block_list,
             "network-list": self.op_network_list,
         }
@@ -491,6 +491,37 @@ class HostDaemon:
             for vcpu in targets:
                 hc.domctl_setvcpuaffinity(domid, vcpu, cpus)
         return {"domid": domid, "vcpus": targets, "hard": cpus}
+
+    async def op_vcpu_set(self, args: dict[str, Any]) -> Any:
+        """``xl vcpu-set [-i] DOMAIN N``: vCPUs 0..N-1 online, the others offline.
+
+        Args (client data): ``domain``; ``vcpus``, N (1..maxvcpus);
+        ``ignore_host`` (xl's ``-i``): without it, asking for more vCPUs than
+        are online *and* than the host has pCPUs is refused, as xl does.
+        See :meth:`Toolstack.set_vcpus`; the guest kernel follows on its own.
+
+        Returns:
+            ``domid``, ``vcpus`` (N) and ``max_vcpus``.
+        """
+        dom = self.guest(args.get("domain"), "vcpu-set")
+        n = _arg(args, "vcpus", int)
+        ignore_host = _arg(args, "ignore_host", bool, default=False)
+        hc = self.host.kernel.hc
+        if not ignore_host:
+            host_cpus = hc.sysctl_physinfo().nr_cpus
+            try:
+                online = hc.domctl_getdomaininfo(dom.domid).nr_online_vcpus
+            except XenError:
+                raise OpError("EINVAL", f"vcpu-set: {dom.record.name} is not running") from None
+            if n > online and n > host_cpus:
+                raise OpError("EINVAL", f"vcpu-set: you are overcommitting! You have "
+                              f"{host_cpus} physical CPUs and want {n} vCPUs! Aborting, use "
+                              f"--ignore-host to continue")
+        try:
+            max_vcpus = await self.host.toolstack.set_vcpus(dom.record, n)
+        except ValueError as exc:
+            raise OpError("EINVAL", f"vcpu-set: {exc}") from None
+        return {"domid": dom.domid, "vcpus": n, "max_vcpus": max_vcpus}
 
     async def op_channel_list(self, args: dict[str, Any]) -> Any:
         """``xl channel-list DOMAIN...``: every secondary console, from xenstore.

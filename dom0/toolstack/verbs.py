@@ -527,6 +527,46 @@ def vcpu_pin(args: argparse.Namespace) -> int:
     return _ask("vcpu-pin", request, args)
 
 
+_INT_MAX = 2**31 - 1
+
+
+def parse_vcpu_count(text: str) -> int:
+    """``xl vcpu-set``'s count: a decimal number (the host checks its range).
+
+    Raises:
+        ValueError: anything else (xl: ``Error: Invalid argument.``).
+    """
+    if not _VCPU_RE.fullmatch(text) or int(text) > _INT_MAX:
+        raise ValueError(f"invalid vCPU count '{text}' (expected a number)")
+    return int(text)
+
+
+def _vcpu_set_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--ignore-host", action="store_true",
+                   help="allow more vCPUs online than the host has pCPUs (without it, "
+                   "growing past the pCPU count is refused, as by xl)")
+    _domain(p)
+    p.add_argument("vcpus", metavar="N", help="vCPUs to have online: 1..maxvcpus")
+
+
+@verb("vcpu-set", "set how many of a domain's vCPUs are online (xl vcpu-set)",
+      _with_args(_vcpu_set_args))
+def vcpu_set(args: argparse.Namespace) -> int:
+    """``xl vcpu-set [-i] DOMAIN N``; prints nothing.
+
+    vCPUs 0..N-1 are put online and the others offline; the guest kernel
+    follows on its own, so ``list`` and ``vcpu-list`` show the change once
+    it has.
+    """
+    try:
+        n = parse_vcpu_count(args.vcpus)
+    except ValueError as exc:
+        _err(f"vcpu-set: {exc}")
+        return EXIT_FAILED
+    return _ask("vcpu-set", {"domain": args.domain, "vcpus": n,
+                             "ignore_host": args.ignore_host}, args)
+
+
 def _domains_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("domains", nargs="+", metavar="DOMAIN", help="domain names or ids")
     _control_arg(p)

@@ -39,7 +39,8 @@ few hundred passes.
 
 *Run states* are Xen's (``RUNSTATE_running/runnable/blocked/offline``): running
 on a pCPU; runnable and waiting; blocked (explicitly, or idle: no demand); or
-offline (has demand but paused or parked by a cap). Time in each is accounted
+offline (has demand but paused or parked by a cap, or brought down with
+``VCPUOP_down``: :meth:`SchedVcpu.set_online`). Time in each is accounted
 per vCPU and summed per domain; ``cpu_time`` is the running time (``xl list``
 Time(s)).
 
@@ -355,6 +356,7 @@ class SchedVcpu:
         "_blocked",
         "_charged_at",
         "_demands",
+        "_down",
         "_pause",
         "_removed",
         "_rs_entry",
@@ -394,6 +396,7 @@ class SchedVcpu:
         self.timer_callback: Callable[[], None] | None = None
         self._demands: deque[_Demand] = deque()
         self._blocked = False
+        self._down = False
         self._pause = 0
         self._removed = False
         self._runnable = False
@@ -429,6 +432,11 @@ class SchedVcpu:
     def paused(self) -> bool:
         """True while this vCPU or its domain is paused (or parked by a cap)."""
         return self._pause > 0 or self.domain.pause_count > 0
+
+    @property
+    def online(self) -> bool:
+        """False while brought down (``VCPUOP_down``); vCPUs start online."""
+        return not self._down
 
     @property
     def nr_demands(self) -> int:
@@ -544,6 +552,26 @@ class SchedVcpu:
         self._pause -= 1
         if self._pause == 0:
             self._sched._reevaluate(self)
+
+    def set_online(self, online: bool) -> None:
+        """``VCPUOP_up`` / ``VCPUOP_down``: bring the vCPU up or down. Idempotent.
+
+        A down vCPU is never runnable, so it gets no pCPU; its run state is
+        OFFLINE whatever else it is doing. One that is on a pCPU is taken off
+        at the next scheduling pass (Xen's ``vcpu_sleep_nosync``: the
+        operation is asynchronous). Outstanding ``run`` demand is kept and
+        makes no progress until the vCPU is up again (Xen keeps a downed
+        vCPU's context and it continues where it stopped); cancelling a
+        ``run`` withdraws it as usual.
+
+        Args:
+            online: the new state.
+        """
+        down = not online
+        if down == self._down or self._removed:
+            return
+        self._down = down
+        self._sched._reevaluate(self)
 
     def set_affinity(self, cpus: str | Iterable[int] | None) -> None:
         """Set the hard affinity (``xl vcpu-pin``).
@@ -910,6 +938,7 @@ class Scheduler:
             and v._pause == 0
             and v.domain.pause_count == 0
             and not v._removed
+            and not v._down
         )
         if new != v._runnable:
             v._runnable = new
@@ -929,6 +958,8 @@ class Scheduler:
             s = RunState.RUNNING
         elif v._runnable:
             s = RunState.RUNNABLE
+        elif v._down:
+            s = RunState.OFFLINE
         elif v._blocked or not (v._demands or v._settling):
             s = RunState.BLOCKED
         else:

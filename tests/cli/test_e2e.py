@@ -85,8 +85,8 @@ def test_every_verb_has_help() -> None:
 
     assert {"host", "create", "list", "destroy", "shutdown", "reboot", "pause", "unpause",
             "console", "mem-set", "info", "block-attach", "block-detach", "network-attach",
-            "network-detach", "sched-credit", "vcpu-list", "vcpu-pin", "top", "run", "demo",
-            "xenstored", "channel-list", "block-list", "network-list"} <= set(VERBS)
+            "network-detach", "sched-credit", "vcpu-list", "vcpu-pin", "vcpu-set", "top", "run",
+            "demo", "xenstored", "channel-list", "block-list", "network-list"} <= set(VERBS)
     r = subprocess.run([*CLI, "list", "--help"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "exit status" in r.stdout
 

@@ -49,8 +49,8 @@ def test_table_uses_xens_numbers_and_names_who_may_call(hv: Hypervisor) -> None:
             hc_mod.HYPERVISOR_sysctl) == (1, 17, 35)
     families = {e.name.split(".")[0]: e.number for e in hv.table.values()}
     assert families == {"mmu_update": 1, "memory_op": 12, "set_timer_op": 15, "xen_version": 17,
-                        "console_io": 18, "grant_table_op": 20, "sched_op": 29,
-                        "event_channel_op": 32, "sysctl": 35, "domctl": 36}
+                        "console_io": 18, "grant_table_op": 20, "vcpu_op": 24,
+                        "sched_op": 29, "event_channel_op": 32, "sysctl": 35, "domctl": 36}
     for (number, cmd), e in hv.table.items():
         assert (e.number, e.cmd) == (number, cmd)
         assert isinstance(e.priv, Priv)
@@ -70,6 +70,8 @@ def test_table_uses_xens_numbers_and_names_who_may_call(hv: Hypervisor) -> None:
     assert names["sysctl.physinfo"] == (35, 3)
     assert names["sysctl.getcpuinfo"] == (35, 8)
     assert names["set_timer_op.set"] == (15, 0)
+    assert (names["vcpu_op.up"], names["vcpu_op.down"], names["vcpu_op.is_up"]) == \
+        ((24, 1), (24, 2), (24, 3))
     # who may call what
     priv = {e.name: e.priv for e in hv.table.values()}
     assert all(p is Priv.PRIV for n, p in priv.items() if n.startswith(("domctl.", "sysctl.")))
@@ -79,6 +81,7 @@ def test_table_uses_xens_numbers_and_names_who_may_call(hv: Hypervisor) -> None:
     assert priv["event_channel_op.status"] is Priv.SELF_OR_PRIV
     assert priv["memory_op.populate_physmap"] is Priv.SELF_OR_PRIV
     assert priv["set_timer_op.set"] is Priv.ANY  # acts on the caller's own vCPUs only
+    assert priv["vcpu_op.down"] is Priv.ANY  # likewise
 
 
 @pytest.mark.parametrize("number", [0, 2, 13, 21, 33, 37, 64, -1, 2**32, 2**64])
@@ -90,7 +93,7 @@ def test_unknown_hypercall_is_enosys(dom0: HypercallInterface, make_domu: MakeDo
         assert hc.call_c(number, 0) == -Errno.ENOSYS == -38
 
 
-@pytest.mark.parametrize("number", [1, 12, 15, 17, 18, 20, 29, 32, 35, 36])
+@pytest.mark.parametrize("number", [1, 12, 15, 17, 18, 20, 24, 29, 32, 35, 36])
 def test_unknown_subcommand_is_enosys(dom0: HypercallInterface, make_domu: MakeDomU,
                                       number: int) -> None:
     g = make_domu()

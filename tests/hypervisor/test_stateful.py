@@ -2,12 +2,14 @@
 
 A random sequence of guest and toolstack operations (create, alloc_unbound,
 bind_interdomain, send, close, mask/unmask, grant, map, unmap,
-end_foreign_access, copy, destroy) runs against one :class:`Hypervisor`
+end_foreign_access, copy, vCPU up/down, destroy) runs against one :class:`Hypervisor`
 while a small model remembers which grants were made and which mappings are
 live. After every step:
 
 * every port is in exactly one state and ``status`` agrees with the table;
 * interdomain links are symmetric;
+* each domain's online vCPUs are those the model expects (``getdomaininfo``
+  counts them; downing the last one powers the domain off instead);
 * pin counts equal the live mappings of each grant, and the GTF bits in the
   granter's entry match them;
 * :meth:`Hypervisor.check_invariants` passes;
@@ -42,6 +44,7 @@ from hypervisor.grant_table import (
 )
 from hypervisor.hypercall import HypercallInterface
 from hypervisor.hypervisor import Hypervisor
+from hypervisor.sched import RunState
 
 MAX_PORT = 12  # small, so ENOSPC happens
 NR_PAGES = 4
@@ -74,6 +77,7 @@ class HypervisorMachine(RuleBasedStateMachine):
         self.clients: dict[int, GrantTableClient] = {}
         self.grants: list[Grant] = []
         self.maps: list[Mapping] = []
+        self.online: dict[int, set[int]] = {0: {0}}
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -102,6 +106,7 @@ class HypervisorMachine(RuleBasedStateMachine):
         hc = self.hv.interface(domid)
         self.hcs[domid] = hc
         self.clients[domid] = GrantTableClient(hc)
+        self.online[domid] = set(range(vcpus))
 
     @precondition(lambda self: self.guests())
     @rule(data=st.data())
@@ -112,6 +117,36 @@ class HypervisorMachine(RuleBasedStateMachine):
         self.maps = [m for m in self.maps if m.mapper != d]
         self.clients.pop(d, None)
         self.grants = [g for g in self.grants if g.granter != d]
+
+    # -- vCPU hot-plug ------------------------------------------------------------------------
+
+    @precondition(lambda self: self.guests())
+    @rule(data=st.data(), up=st.booleans(), vcpu=st.one_of(st.integers(0, 2), st.just(-1)))
+    def vcpu_up_down(self, data: st.DataObject, up: bool, vcpu: int) -> None:
+        d = data.draw(st.sampled_from(self.guests()))
+        hc = self.hcs[d]
+        dom = self.hv.domains.get(d)
+        assert dom is not None
+        if not 0 <= vcpu < len(dom.vcpus):
+            try:
+                (hc.vcpu_up if up else hc.vcpu_down)(vcpu)
+            except XenError as e:
+                assert e.errno == Errno.ENOENT
+            else:
+                raise AssertionError("a vCPU the domain lacks was accepted")
+            return
+        online = self.online[d]
+        if up:
+            hc.vcpu_up(vcpu)
+            online.add(vcpu)
+        else:
+            was_shut = dom.is_shut_down
+            hc.vcpu_down(vcpu)
+            if online - {vcpu}:
+                online.discard(vcpu)
+            else:  # the last one: powered off instead, the vCPU stays up
+                assert dom.is_shut_down and (was_shut or dom.shutdown_code == 0)
+        assert hc.vcpu_is_up(vcpu) == (vcpu in online)
 
     # -- event channels -----------------------------------------------------------------------
 
@@ -295,6 +330,14 @@ class HypervisorMachine(RuleBasedStateMachine):
             if gr.granter in self.clients and not any(m.grant == gr for m in self.maps):
                 flags = self.clients[gr.granter].read_entry(gr.ref)[0]
                 assert not flags & (GTF_reading | GTF_writing)
+
+    @invariant()
+    def online_vcpus_match_the_model(self) -> None:
+        for d in self.alive():
+            info = self.dom0.domctl_getdomaininfo(d)
+            assert info.nr_online_vcpus == len(self.online[d])
+            vs = self.dom0.sysctl_vcpu_list(d)
+            assert {v.vcpu_id for v in vs if v.runstate != RunState.OFFLINE} <= self.online[d]
 
     @invariant()
     def hypervisor_invariants(self) -> None:
