@@ -63,7 +63,7 @@ from dom0.toolstack.config import DiskSpec, GuestConfig, VifSpec
 from dom0.toolstack.xlcfg import vdev_number
 from domu.frontends.bus import Frontend
 from domu.kernel import GuestKernel
-from hypervisor.domain import ShutdownReason
+from hypervisor.domain import DomainInfo, ShutdownReason
 from hypervisor.errno import XenError
 from hypervisor.hypervisor import DEFAULT_NR_PCPUS, Hypervisor
 
@@ -434,22 +434,25 @@ class DomainHandle:
         """
         await self._host.toolstack.set_vcpus(self.record, n)
 
+    def _info(self) -> DomainInfo | None:
+        """The hypervisor's getdomaininfo for this domain, or None once it is gone."""
+        try:
+            return self._host.kernel.hc.domctl_getdomaininfo(self.domid)
+        except XenError:
+            return None
+
     @property
     def online_vcpus(self) -> int:
         """vCPUs online now (``xl list``'s VCPUs column); 0 once it is gone."""
-        try:
-            return self._host.kernel.hc.domctl_getdomaininfo(self.domid).nr_online_vcpus
-        except XenError:
-            return 0
+        info = self._info()
+        return 0 if info is None else info.nr_online_vcpus
 
     @property
     def memory_kib(self) -> int:
         """KiB the domain has now (its populated pages: ``xl list``'s Mem, in KiB);
         0 once it is gone."""
-        try:
-            return self._host.kernel.hc.domctl_getdomaininfo(self.domid).tot_pages * 4
-        except XenError:
-            return 0
+        info = self._info()
+        return 0 if info is None else info.tot_pages * 4
 
     # -- hot-plug (xl block-attach / block-detach / network-attach ...) ----------------------
 

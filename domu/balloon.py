@@ -39,7 +39,7 @@ No self-ballooning.
 
 Usage (the guest kernel does this at boot)::
 
-    balloon = Balloon(hc, pages, extra=range(nr_pages, static_max_pages))
+    balloon = Balloon(hc, pages, await extra_memory(xs, home, hc))
     await nursery.start(balloon.run)
     await nursery.start(balloon.watch_target, xs, f"/local/domain/{domid}")
 """
@@ -55,6 +55,7 @@ from domu.sync import Kick
 from domu.xenstore import XenStoreClient, read_or_none
 from hypervisor.errno import XenError
 from hypervisor.hypercall import HypercallInterface
+from hypervisor.memory import MAX_GFN
 from hypervisor.types import Gfn
 
 _log = logging.getLogger(__name__)
@@ -230,3 +231,17 @@ class Balloon:
             self.pages.free(g)
         self.pages_out += done
         return None if done == n else False
+
+
+async def extra_memory(xs: XenStoreClient, home: str, hc: HypercallInterface) -> range:
+    """The gfns between the domain's boot memory and ``memory/static-max`` (xl.cfg
+    ``maxmem``): they start out in the balloon, as Linux PV's extra memory region.
+
+    Empty when ``static-max`` is missing, not a number, or not above the boot
+    memory; never past :data:`~hypervisor.memory.MAX_GFN`.
+    """
+    raw = await read_or_none(xs, f"{home}/memory/static-max")
+    nr = hc.current_reservation()
+    if raw is None or not raw.isdigit() or len(raw) > 12:
+        return range(nr, nr)
+    return range(nr, max(nr, min(int(raw) // PAGE_KIB, MAX_GFN)))

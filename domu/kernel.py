@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
-from domu.balloon import PAGE_KIB, Balloon
+from domu.balloon import Balloon, extra_memory
 from domu.evtchn import EventDispatcher, PortWaiter
 from domu.frontends.bus import Frontend, FrontendBus, PageAllocator
 from domu.frontends.console import ConsoleFront
@@ -58,7 +58,6 @@ from domu.xenstore import (
 )
 from hypervisor.domain import ShutdownReason
 from hypervisor.hypercall import HypercallInterface
-from hypervisor.memory import MAX_GFN
 from hypervisor.vcpu import DomainDestroyed
 
 __all__ = ["DEVICE_CLOSE_TIMEOUT", "DEVICE_CONNECT_TIMEOUT", "GuestKernel", "Program"]
@@ -190,7 +189,7 @@ class GuestKernel:
                 for feature in ("feature-poweroff", "feature-reboot", "feature-suspend"):
                     await xs.write(f"{home}/control/{feature}", "1")
                 await nursery.start(self._watch_control, xs, home)
-                balloon = Balloon(hc, pages, await _extra_memory(xs, home, hc))
+                balloon = Balloon(hc, pages, await extra_memory(xs, home, hc))
                 await nursery.start(balloon.run)
                 await nursery.start(balloon.watch_target, xs, home)
                 guest = Guest(hc.domid, name, si.cmd_line, GuestConsole(console), xs,
@@ -217,11 +216,13 @@ class GuestKernel:
         it is ignored. The keys are the toolstack's: the guest may read but
         not write them.
         """
+        started = False
         async with xs.watch(f"{home}/cpu", token="cpu-hotplug") as w:
-            await self._apply_cpu_availability(xs, home)
-            task_status.started()
-            async for _ in w:
+            async for _ in w:  # the first event is the registration event, at once
                 await self._apply_cpu_availability(xs, home)
+                if not started:
+                    task_status.started()
+                    started = True
 
     async def _apply_cpu_availability(self, xs: XenStoreClient, home: str) -> None:
         hc = self.hc
@@ -233,10 +234,12 @@ class GuestKernel:
                 continue
             if raw == b"online":
                 want = True
-            elif raw == b"offline" and i != 0:
+            elif raw == b"offline":
+                if i == 0:
+                    continue  # vCPU 0 runs this kernel's event loop
                 want = False
             else:
-                if raw is not None and raw != b"offline":
+                if raw is not None:
                     _log.info("d%d: unknown state %r on CPU%d", hc.domid, raw, i)
                 continue
             if hc.vcpu_is_up(i) != want:
@@ -297,17 +300,3 @@ class GuestKernel:
         assert self.console is not None
         with trio.move_on_after(CRASH_MESSAGE_TIMEOUT), contextlib.suppress(Exception):
             await self.console.write(f"Kernel panic - guest program crashed:\n{text}".encode())
-
-
-async def _extra_memory(xs: XenStoreClient, home: str, hc: HypercallInterface) -> range:
-    """The gfns between the domain's boot memory and ``memory/static-max`` (xl.cfg
-    ``maxmem``): they start out in the balloon, as Linux PV's extra memory region.
-
-    Empty when ``static-max`` is missing, not a number, or not above the boot
-    memory; never past :data:`~hypervisor.memory.MAX_GFN`.
-    """
-    raw = await read_or_none(xs, f"{home}/memory/static-max")
-    nr = hc.current_reservation()
-    if raw is None or not raw.isdigit() or len(raw) > 12:
-        return range(nr, nr)
-    return range(nr, max(nr, min(int(raw) // PAGE_KIB, MAX_GFN)))
