@@ -335,6 +335,16 @@ class NetFront(Frontend):
 
     # -- transmit --------------------------------------------------------------------------
 
+    def _tx_pushed(self, tx: FrontRing[Any, Any], n: int) -> bool:
+        """Count a frame of ``n`` bytes whose slots are written, publish them and
+        notify if the ring asks; True (the frame is queued)."""
+        stats = self.netdev.stats
+        stats.tx_packets += 1
+        stats.tx_bytes += n
+        if tx.push_requests_and_check_notify():
+            self._notify()
+        return True
+
     def _try_xmit(self, frame: bytes) -> bool:
         """``xennet_start_xmit`` when the ring has room: put one frame on the tx ring.
 
@@ -362,12 +372,7 @@ class NetFront(Frontend):
         txid = free_ids.pop()
         self._tx_inflight[txid] = (ref, gfn, view)
         self._tx_writer.put((ref, 0, 0, txid, n))  # type: ignore[union-attr]  # set with tx
-        stats = self.netdev.stats
-        stats.tx_packets += 1
-        stats.tx_bytes += n
-        if tx.push_requests_and_check_notify():
-            self._notify()
-        return True
+        return self._tx_pushed(tx, n)
 
     async def _xmit(self, frame: bytes) -> None:
         """``xennet_start_xmit``: put one frame on the tx ring (waits for room).
@@ -407,12 +412,7 @@ class NetFront(Frontend):
             reqs.append((ref, 0, NETTXF_more_data if more else 0, txid,
                          n if s == 0 else len(chunk)))
         front_put_requests(tx, TX_REQ_SLOT, reqs)
-        stats = self.netdev.stats
-        stats.tx_packets += 1
-        stats.tx_bytes += n
-        if tx.push_requests_and_check_notify():
-            self._notify()
-        return True
+        return self._tx_pushed(tx, n)
 
     def _tx_buf_gc(self) -> None:
         """``xennet_tx_buf_gc``: retire answered tx slots (validating each response)."""
